@@ -1,0 +1,164 @@
+"""Pieces every gradient attack shares: projection onto the threat model, the ascent step,
+per-example random starts, losses, and running a model frozen for attacking.
+
+Everything works on float NCHW pixels in [0, 1]; normalization lives inside the model.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+NORMS = ("linf", "l2")
+
+_NORM_ALIASES = {"linf": "linf", "l-inf": "linf", "inf": "linf", "li": "linf",
+                 "l2": "l2", "2": "l2"}
+
+
+def canonical_norm(norm: str) -> str:
+    key = str(norm).strip().lower().replace("_", "-")
+    if key not in _NORM_ALIASES:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+    return _NORM_ALIASES[key]
+
+
+def check_eps(eps: float, norm: str) -> None:
+    """Refuse a budget that makes no sense: negative, not finite, or an L-inf ball larger than the pixel range."""
+    if not (eps == eps) or eps in (float("inf"), float("-inf")):
+        raise ValueError(f"eps must be a finite number, got {eps}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if canonical_norm(norm) == "linf" and eps > 1:
+        raise ValueError(f"an L-inf eps of {eps} exceeds the [0, 1] pixel range; did you mean {eps}/255?")
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Nearest point of the eps-ball (per example) to `delta`."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        scale = (eps / (_flat_norm(delta) + 1e-12)).clamp(max=1.0)
+        return delta * scale
+    raise ValueError(norm)
+
+
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit size under the norm."""
+    if norm == "linf":
+        return grad.sign()
+    if norm == "l2":
+        return grad / (_flat_norm(grad) + 1e-12)
+    raise ValueError(norm)
+
+
+def clip_to_box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Shrink delta so x + delta stays in [0, 1]; never leaves the eps-ball (it only moves toward x)."""
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def _per_example(n: int, seeds: torch.Tensor | None, generator: torch.Generator | None,
+                 draw: Callable[[torch.Generator | None], torch.Tensor]) -> torch.Tensor:
+    """Stack `draw(g)` over examples, each from a generator seeded by its own seed, so an example's
+    random start does not depend on which others share its batch (batch size, resume and sharding
+    leave results unchanged). Without seeds, one shared generator (or torch's global one) is used."""
+    if seeds is None:
+        return torch.stack([draw(generator) for _ in range(n)]) if n else torch.empty(0)
+    g = torch.Generator()
+    out = []
+    for s in seeds.tolist():
+        g.manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF)
+        out.append(draw(g))
+    return torch.stack(out)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, seeds: torch.Tensor | None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform draw from the eps-ball (L-inf: the cube; L2: uniform in the ball), clipped to the box."""
+    shape, n, d = x.shape[1:], x.shape[0], x[0].numel()
+    if n == 0:
+        return torch.zeros_like(x)
+    if norm == "linf":
+        u = _per_example(n, seeds, generator, lambda g: torch.rand(shape, generator=g))
+        delta = (2 * u - 1) * eps
+    else:
+        def draw(g):
+            direction = torch.randn(shape, generator=g)
+            direction = direction / (direction.norm() + 1e-12)
+            radius = torch.rand((), generator=g) ** (1.0 / d)   # uniform in volume
+            return direction * radius
+        delta = _per_example(n, seeds, generator, draw) * eps
+    return clip_to_box(x, delta.to(device=x.device, dtype=x.dtype))
+
+
+# ---- losses: each returns one value per example; attacks ascend on it ----
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin: best other logit minus the true one (positive once misclassified)."""
+    z = logits.float()
+    true = z.gather(1, y[:, None]).squeeze(1)
+    other = z.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return other.max(dim=1).values - true
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020): the margin scaled by z_pi1 - z_pi3, invariant to
+    the logits' scale, so a model cannot hide behind large or tiny logits."""
+    z = logits.float()
+    zs, _ = z.sort(dim=1)
+    true = z.gather(1, y[:, None]).squeeze(1)
+    top_is_true = (zs[:, -1] == true).float()
+    best_other = zs[:, -2] * top_is_true + zs[:, -1] * (1 - top_is_true)
+    return (best_other - true) / (zs[:, -1] - zs[:, -3] + 1e-12)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "ce": ce_loss, "margin": margin_loss, "cw": margin_loss, "dlr": dlr_loss,
+}
+
+
+def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    try:
+        return LOSSES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(sorted(LOSSES))}") from None
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode and no parameter gradients for the duration of an attack; both restored afterwards.
+
+    Parameter gradients are never needed to attack an input; switching them off lets autograd skip
+    the weight-gradient kernels (about a third of a backward pass)."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, rg in flags:
+            p.requires_grad_(rg)
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class AttackOutput:
+    """What an attack returns: the adversarial inputs, which it believes fooled the model, and its cost
+    in example-passes (one forward of a batch of n counts n)."""
+    x_adv: torch.Tensor
+    fooled: torch.Tensor
+    forward: int
+    backward: int

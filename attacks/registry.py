@@ -1,0 +1,78 @@
+"""Name -> attack builder. Duplicate names are refused; `create_attack` passes each builder only the
+arguments it declares, so shared CLI options (--steps, --restarts) reach the attacks that take them."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .fgsm import FGSM
+from .pgd import PGD
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    name: str
+    builder: Callable[..., Any]
+    norms: tuple[str, ...]
+    description: str
+    white_box: bool = True
+
+    def parameters(self) -> dict[str, Any]:
+        """Declared arguments and their defaults."""
+        if dataclasses.is_dataclass(self.builder):
+            return {f.name: f.default for f in dataclasses.fields(self.builder)}
+        sig = inspect.signature(self.builder)
+        return {k: (None if p.default is inspect.Parameter.empty else p.default)
+                for k, p in sig.parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+_REGISTRY: dict[str, AttackEntry] = {}
+# Families resolved on demand, e.g. "torchattacks:CW": prefix -> (name -> AttackEntry)
+_RESOLVERS: dict[str, Callable[[str], AttackEntry]] = {}
+
+
+def register_attack(name: str, builder: Callable[..., Any], *, norms: tuple[str, ...], description: str,
+                    white_box: bool = True) -> AttackEntry:
+    if name in _REGISTRY:
+        raise ValueError(f"attack {name!r} is already registered")
+    entry = AttackEntry(name, builder, tuple(norms), description, white_box)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def register_resolver(prefix: str, resolver: Callable[[str], AttackEntry]) -> None:
+    if prefix in _RESOLVERS:
+        raise ValueError(f"attack family {prefix!r} is already registered")
+    _RESOLVERS[prefix] = resolver
+
+
+def attack_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_attack_entry(name: str) -> AttackEntry:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _RESOLVERS:
+        return _RESOLVERS[prefix](rest)
+    close = difflib.get_close_matches(name, list(_REGISTRY) + [p + ":" for p in _RESOLVERS], n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(attack_names())}"
+    raise KeyError(f"unknown attack {name!r}{hint}")
+
+
+def create_attack(name: str, **params: Any) -> Any:
+    """Build an attack, dropping None values and arguments the attack does not declare."""
+    entry = get_attack_entry(name)
+    accepted = entry.parameters()
+    kwargs = {k: v for k, v in params.items() if v is not None and k in accepted}
+    return entry.builder(**kwargs)
+
+
+register_attack("fgsm", FGSM, norms=("linf", "l2"),
+                description="Fast gradient sign method, one step of size eps (Goodfellow et al. 2015)")
+register_attack("pgd", PGD, norms=("linf", "l2"),
+                description="Projected gradient descent with restarts (Madry et al. 2018)")

@@ -1,0 +1,76 @@
+"""Typed records of evaluation results, the unit every table, plot and comparison is built from.
+
+Per-example outcomes are kept so any aggregate can be recomputed; aggregates are fractions in [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .stats import wilson_interval
+
+
+@dataclass(frozen=True)
+class PerExample:
+    index: tuple[int, ...]
+    clean_correct: tuple[bool, ...]
+    correct: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.index) == len(self.clean_correct) == len(self.correct)):
+            raise ValueError("per-example arrays differ in length")
+
+
+@dataclass(frozen=True)
+class ThreatResult:
+    """Accuracy of one model on one data set under one attack at one eps."""
+    run_id: str
+    model: str
+    dataset: str
+    attack: str
+    norm: str
+    eps: float
+    n: int
+    clean_accuracy: float
+    accuracy: float
+    ci95: tuple[float, float]
+    seconds: float
+    forward: int
+    backward: int
+    params: dict[str, Any] = field(default_factory=dict)
+    per_example: PerExample | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci95"] = list(self.ci95)
+        if self.per_example is not None:
+            d["per_example"] = {k: list(v) for k, v in asdict(self.per_example).items()}
+        return d
+
+
+def outcomes_at(clean_correct: np.ndarray, broken_eps: np.ndarray, eps: float) -> np.ndarray:
+    """Robust at eps: clean-correct and not broken at any tested eps <= eps (NaN: never broken).
+
+    A perturbation found inside a smaller ball also lies in every larger ball of the same norm, so an
+    example broken at eps_i counts as broken at every eps_j >= eps_i: accuracy is monotone by construction."""
+    broken = ~np.isnan(broken_eps) & (broken_eps <= eps)
+    return clean_correct.astype(bool) & ~broken
+
+
+def summarize(*, run_id: str, model: str, dataset: str, attack: str, norm: str, eps: float,
+              index: Sequence[int], clean_correct: np.ndarray, broken_eps: np.ndarray,
+              seconds: float = 0.0, forward: int = 0, backward: int = 0,
+              params: dict[str, Any] | None = None, keep_examples: bool = True) -> ThreatResult:
+    clean = np.asarray(clean_correct, dtype=bool)
+    correct = outcomes_at(clean, np.asarray(broken_eps, dtype=float), eps)
+    n = int(clean.size)
+    k = int(correct.sum())
+    per = PerExample(tuple(int(i) for i in index), tuple(bool(b) for b in clean),
+                     tuple(bool(b) for b in correct)) if keep_examples else None
+    return ThreatResult(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=float(eps),
+                        n=n, clean_accuracy=float(clean.mean()) if n else 0.0,
+                        accuracy=k / n if n else 0.0, ci95=wilson_interval(k, n), seconds=float(seconds),
+                        forward=int(forward), backward=int(backward), params=dict(params or {}),
+                        per_example=per)

@@ -1,0 +1,359 @@
+"""The results store: one SQLite file, versioned schema, per-example outcomes.
+
+Why SQLite: one file a user can copy, transactional batches (a killed run loses at most the batch in
+flight and never half of one), and safe concurrent writers through WAL and `BEGIN IMMEDIATE`.
+
+Tables (schema version 1):
+  runs      one row per invocation-with-the-same-arguments; `key` identifies the arguments, so the
+            same command finds its unfinished run and resumes it.
+  models    per (run, model): data set, model metadata, example indices.
+  outcomes  per (run, model, attack, example): clean correctness and the smallest tested eps that broke
+            it (NULL: survived every eps). Robust accuracy at any tested eps is derived from this.
+  costs     per (run, model, attack, eps, batch): seconds, forward and backward example-passes.
+  batches   per (run, model, batch): the completion marker, written in the same transaction.
+  results   aggregates per (run, model, attack, eps), derived from outcomes when a run finishes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .records import ThreatResult, summarize
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id   TEXT PRIMARY KEY,
+    key      TEXT NOT NULL,
+    created  TEXT NOT NULL,
+    finished TEXT,
+    status   TEXT NOT NULL CHECK (status IN ('running', 'complete')),
+    tag      TEXT,
+    spec     TEXT NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_key ON runs(key);
+CREATE TABLE IF NOT EXISTS models (
+    run_id  TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    model   TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    info    TEXT NOT NULL,
+    indices TEXT NOT NULL,
+    PRIMARY KEY (run_id, model)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id TEXT NOT NULL,
+    model  TEXT NOT NULL,
+    batch  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, batch)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    run_id        TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    attack        TEXT NOT NULL,
+    idx           INTEGER NOT NULL,
+    clean_correct INTEGER NOT NULL,
+    broken_eps    REAL,
+    PRIMARY KEY (run_id, model, attack, idx)
+);
+CREATE TABLE IF NOT EXISTS costs (
+    run_id   TEXT NOT NULL,
+    model    TEXT NOT NULL,
+    attack   TEXT NOT NULL,
+    eps      REAL NOT NULL,
+    batch    INTEGER NOT NULL,
+    seconds  REAL NOT NULL,
+    forward  INTEGER NOT NULL,
+    backward INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, attack, eps, batch)
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id         TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    dataset        TEXT NOT NULL,
+    attack         TEXT NOT NULL,
+    norm           TEXT NOT NULL,
+    eps            REAL NOT NULL,
+    n              INTEGER NOT NULL,
+    clean_accuracy REAL NOT NULL,
+    accuracy       REAL NOT NULL,
+    ci_low         REAL NOT NULL,
+    ci_high        REAL NOT NULL,
+    seconds        REAL NOT NULL,
+    forward        INTEGER NOT NULL,
+    backward       INTEGER NOT NULL,
+    params         TEXT NOT NULL,
+    PRIMARY KEY (run_id, model, attack, eps)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    key: str
+    created: str
+    finished: str | None
+    status: str
+    tag: str | None
+    spec: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    attack: str
+    idx: int
+    clean_correct: bool
+    broken_eps: float | None
+
+
+@dataclass(frozen=True)
+class Cost:
+    attack: str
+    eps: float
+    seconds: float
+    forward: int
+    backward: int
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class ResultStore:
+    """Open (creating if needed) a results database. Safe to share between processes."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"no results database at {self.path}")
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open results database {self.path}: {e}") from None
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA busy_timeout = 120000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a usable results database: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front, so concurrent writers queue instead of failing."""
+        for attempt in range(50):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 49:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            version = None
+            if row is not None:
+                v = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                version = int(v[0]) if v else None
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {version}; this robust-bench reads up to "
+                                 f"{SCHEMA_VERSION}: upgrade robust-bench")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+
+    # ---- runs ----
+    def find_run(self, key: str) -> RunRecord | None:
+        """The newest run with these arguments, finished or not."""
+        row = self._db.execute("SELECT * FROM runs WHERE key=? ORDER BY created DESC, rowid DESC LIMIT 1",
+                               (key,)).fetchone()
+        return self._run(row) if row else None
+
+    def get_run(self, run_id: str) -> RunRecord:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            rows = self._db.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
+            if len(rows) != 1:
+                raise StoreError(f"no run {run_id!r} in {self.path}" if not rows
+                                 else f"run id prefix {run_id!r} is ambiguous in {self.path}")
+            row = rows[0]
+        return self._run(row)
+
+    def runs(self, status: str | None = None) -> list[RunRecord]:
+        q = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY created, rowid"
+        return [self._run(r) for r in self._db.execute(q, (status,) if status else ())]
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> RunRecord:
+        return RunRecord(row["run_id"], row["key"], row["created"], row["finished"], row["status"], row["tag"],
+                         json.loads(row["spec"]), json.loads(row["metadata"]))
+
+    def create_run(self, key: str, spec: dict[str, Any], metadata: dict[str, Any], tag: str | None = None) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        with self._tx() as db:
+            db.execute("INSERT INTO runs(run_id, key, created, status, tag, spec, metadata) "
+                       "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                       (run_id, key, _now(), tag, json.dumps(spec, sort_keys=True),
+                        json.dumps(metadata, sort_keys=True)))
+        return run_id
+
+    def delete_run(self, run_id: str) -> None:
+        with self._tx() as db:
+            for table in ("results", "costs", "outcomes", "batches", "models", "runs"):
+                db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+
+    def register_model(self, run_id: str, model: str, dataset: str, info: dict[str, Any],
+                       indices: Sequence[int]) -> None:
+        """Record which examples a model is evaluated on; refuses a changed selection on resume."""
+        idx = json.dumps([int(i) for i in indices])
+        with self._tx() as db:
+            row = db.execute("SELECT indices FROM models WHERE run_id=? AND model=?", (run_id, model)).fetchone()
+            if row is not None:
+                if row[0] != idx:
+                    raise StoreError(f"run {run_id} evaluated {model} on other examples; refusing to mix them")
+                return
+            db.execute("INSERT INTO models(run_id, model, dataset, info, indices) VALUES (?, ?, ?, ?, ?)",
+                       (run_id, model, dataset, json.dumps(info, sort_keys=True), idx))
+
+    def model_rows(self, run_id: str) -> list[dict[str, Any]]:
+        return [{"model": r["model"], "dataset": r["dataset"], "info": json.loads(r["info"]),
+                 "indices": json.loads(r["indices"])}
+                for r in self._db.execute("SELECT * FROM models WHERE run_id=? ORDER BY rowid", (run_id,))]
+
+    def done_batches(self, run_id: str, model: str) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT batch FROM batches WHERE run_id=? AND model=?",
+                                               (run_id, model))}
+
+    def write_batch(self, run_id: str, model: str, batch: int, outcomes: Iterable[Outcome],
+                    costs: Iterable[Cost]) -> bool:
+        """Commit one batch atomically. Returns False (writing nothing) if it was already stored,
+        e.g. by a concurrent process running the same command."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM batches WHERE run_id=? AND model=? AND batch=?",
+                          (run_id, model, batch)).fetchone():
+                return False
+            db.executemany("INSERT INTO outcomes(run_id, model, attack, idx, clean_correct, broken_eps) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           [(run_id, model, o.attack, int(o.idx), int(bool(o.clean_correct)),
+                             None if o.broken_eps is None else float(o.broken_eps)) for o in outcomes])
+            db.executemany("INSERT INTO costs(run_id, model, attack, eps, batch, seconds, forward, backward) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(run_id, model, c.attack, float(c.eps), batch, float(c.seconds), int(c.forward),
+                             int(c.backward)) for c in costs])
+            db.execute("INSERT INTO batches(run_id, model, batch) VALUES (?, ?, ?)", (run_id, model, batch))
+        return True
+
+    def outcomes(self, run_id: str, model: str, attack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index, clean_correct, broken_eps with NaN for never broken), ordered by example index."""
+        rows = self._db.execute("SELECT idx, clean_correct, broken_eps FROM outcomes WHERE run_id=? AND model=? "
+                                "AND attack=? ORDER BY idx", (run_id, model, attack)).fetchall()
+        idx = np.array([r[0] for r in rows], dtype=np.int64)
+        clean = np.array([bool(r[1]) for r in rows], dtype=bool)
+        broken = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=float)
+        return idx, clean, broken
+
+    def attacks_of(self, run_id: str, model: str) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT attack FROM outcomes WHERE run_id=? AND model=? "
+                                               "ORDER BY attack", (run_id, model))]
+
+    def cost(self, run_id: str, model: str, attack: str, eps: float) -> tuple[float, int, int]:
+        r = self._db.execute("SELECT COALESCE(SUM(seconds), 0), COALESCE(SUM(forward), 0), "
+                             "COALESCE(SUM(backward), 0) FROM costs WHERE run_id=? AND model=? AND attack=? "
+                             "AND eps=?", (run_id, model, attack, float(eps))).fetchone()
+        return float(r[0]), int(r[1]), int(r[2])
+
+    def finish_run(self, run_id: str, results: Sequence[ThreatResult]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM results WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT INTO results(run_id, model, dataset, attack, norm, eps, n, clean_accuracy, accuracy, "
+                "ci_low, ci_high, seconds, forward, backward, params) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, r.model, r.dataset, r.attack, r.norm, r.eps, r.n, r.clean_accuracy, r.accuracy,
+                  r.ci95[0], r.ci95[1], r.seconds, r.forward, r.backward, json.dumps(r.params, sort_keys=True))
+                 for r in results])
+            db.execute("UPDATE runs SET status='complete', finished=? WHERE run_id=?", (_now(), run_id))
+
+    def results(self, run_id: str | None = None, *, with_examples: bool = False, **filters: Any) -> list[ThreatResult]:
+        """Stored aggregates, optionally filtered by column (model=..., dataset=..., attack=..., eps=...)."""
+        where, args = [], []
+        if run_id is not None:
+            where.append("run_id=?")
+            args.append(run_id)
+        for k, v in filters.items():
+            if v is None:
+                continue
+            if k not in {"model", "dataset", "attack", "norm", "eps"}:
+                raise ValueError(f"cannot filter results by {k!r}")
+            if k == "eps":
+                where.append("abs(eps - ?) < 1e-9")
+            else:
+                where.append(f"{k}=?")
+            args.append(v)
+        q = "SELECT * FROM results" + (" WHERE " + " AND ".join(where) if where else "") + \
+            " ORDER BY run_id, rowid"
+        out = []
+        for r in self._db.execute(q, args):
+            per = None
+            if with_examples:
+                per = self.recompute(r["run_id"], r["model"], r["attack"], r["eps"]).per_example
+            out.append(ThreatResult(run_id=r["run_id"], model=r["model"], dataset=r["dataset"], attack=r["attack"],
+                                    norm=r["norm"], eps=r["eps"], n=r["n"], clean_accuracy=r["clean_accuracy"],
+                                    accuracy=r["accuracy"], ci95=(r["ci_low"], r["ci_high"]), seconds=r["seconds"],
+                                    forward=r["forward"], backward=r["backward"], params=json.loads(r["params"]),
+                                    per_example=per))
+        return out
+
+    def recompute(self, run_id: str, model: str, attack: str, eps: float, *, dataset: str = "",
+                  norm: str = "", params: dict[str, Any] | None = None) -> ThreatResult:
+        """An aggregate rebuilt from the per-example outcomes (the source of truth)."""
+        idx, clean, broken = self.outcomes(run_id, model, attack)
+        seconds, fwd, bwd = self.cost(run_id, model, attack, eps)
+        if not dataset or not norm:
+            row = self._db.execute("SELECT dataset, norm, params FROM results WHERE run_id=? AND model=? AND "
+                                   "attack=? AND abs(eps-?)<1e-9", (run_id, model, attack, eps)).fetchone()
+            if row is not None:
+                dataset, norm = dataset or row[0], norm or row[1]
+                params = params if params is not None else json.loads(row[2])
+        return summarize(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=eps,
+                         index=idx, clean_correct=clean, broken_eps=broken, seconds=seconds, forward=fwd,
+                         backward=bwd, params=params)
