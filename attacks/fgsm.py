@@ -35,10 +35,10 @@ class FGSM:
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, target: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> AttackOutput:
+                 generator: torch.Generator | None = None, verify: bool = True) -> AttackOutput:
         check_eps(eps, self.norm)
         if eps == 0 or x.shape[0] == 0:
             return AttackOutput(x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), 0, 0)
         with frozen(model):
             return iterate(model, x, y, eps, norm=self.norm, steps=1, step_size=eps, loss=self.loss,
-                           targeted=self.targeted, target=target, early_stop=False)
+                           targeted=self.targeted, target=target, early_stop=False, verify=verify)

@@ -30,8 +30,10 @@ from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, c
 
 def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str, steps: int,
             step_size: float, loss: str = "ce", targeted: bool = False, target: torch.Tensor | None = None,
-            start: torch.Tensor | None = None, early_stop: bool = True) -> AttackOutput:
-    """The ascent loop FGSM and PGD share. `start` is the initial perturbation (zeros if None)."""
+            start: torch.Tensor | None = None, early_stop: bool = True, verify: bool = True) -> AttackOutput:
+    """The ascent loop FGSM and PGD share. `start` is the initial perturbation (zeros if None).
+    verify=False skips the forward pass that checks the last iterate (a caller that re-checks every
+    output anyway, like the engine, saves it): `fooled` then counts only what the loop saw."""
     loss_fn = get_loss(loss)
     goal = target if targeted else y
     if targeted and target is None:
@@ -72,7 +74,9 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         delta = clip_to_box(x0, project(delta, eps, norm)).detach()
         if early_stop:
             active, x0, g0, delta = active[keep], x0[keep], g0[keep], delta[keep]
-    if active.numel():
+    if active.numel() and not verify:
+        x_adv[active] = torch.where((~fooled[active]).view(-1, *([1] * (x.dim() - 1))), x0 + delta, x_adv[active])
+    elif active.numel():
         with torch.no_grad():
             xa = x0 + delta
             logits = model(xa)
@@ -113,8 +117,9 @@ class PGD:
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, target: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> AttackOutput:
-        """Attack (x, y). `seeds` (one int per example) make random starts independent of batching."""
+                 generator: torch.Generator | None = None, verify: bool = True) -> AttackOutput:
+        """Attack (x, y). `seeds` (one int per example) make random starts independent of batching;
+        verify=False leaves the final check of the last iterate to the caller."""
         check_eps(eps, self.norm)
         x_adv, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         fwd = bwd = 0
@@ -133,7 +138,7 @@ class PGD:
                 out = iterate(model, xs, y[todo], eps, norm=self.norm, steps=self.steps,
                               step_size=self.step_for(eps), loss=self.loss, targeted=self.targeted,
                               target=None if target is None else target[todo], start=start,
-                              early_stop=self.early_stop)
+                              early_stop=self.early_stop, verify=verify or r < self.restarts - 1)
                 fwd, bwd = fwd + out.forward, bwd + out.backward
                 # keep the best per example: a fooling point once found is never replaced
                 newly = out.fooled

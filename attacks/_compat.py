@@ -1,0 +1,61 @@
+"""The one place that papers over packaging quirks of third-party attack and model-zoo packages.
+
+- AutoAttack: the PyPI package is `pyautoattack` (keyword-only arguments, no `verbose`,
+  `run_standard_evaluation(x, y, batch_size=...)` returns a pair); the GitHub original is importable as
+  `autoattack`. `import_autoattack()` returns whichever is installed.
+- RobustBench 1.1.1 (PyPI) does `from autoattack import AutoAttack` and `from autoattack.state import ...`
+  but depends on `pyautoattack`, which installs the module under another name; it also imports
+  `pkg_resources`, gone from setuptools 81. `import_robustbench()` aliases `autoattack` to
+  `pyautoattack` in `sys.modules` (only when no real `autoattack` exists) before importing it, and turns a
+  missing `pkg_resources` into an ImportError that says to install `setuptools<81`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from types import ModuleType
+
+
+def import_autoattack() -> ModuleType:
+    """The AutoAttack package: `pyautoattack` (PyPI) or `autoattack` (GitHub). ImportError if neither."""
+    for name in ("pyautoattack", "autoattack"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("AutoAttack is not installed: pip install 'robust-bench[zoo]' (or pip install pyautoattack)")
+
+
+def _alias_autoattack() -> None:
+    try:
+        importlib.import_module("autoattack")
+        return
+    except ImportError:
+        pass
+    try:
+        pkg = importlib.import_module("pyautoattack")
+    except ImportError:
+        return  # robustbench's own import error will say what is missing
+    sys.modules["autoattack"] = pkg
+    for sub in ("state", "autopgd_base", "fab_pt", "square", "checks", "other_utils", "autoattack"):
+        try:
+            sys.modules[f"autoattack.{sub}"] = importlib.import_module(f"pyautoattack.{sub}")
+        except ImportError:
+            pass
+
+
+def import_robustbench() -> ModuleType:
+    """`robustbench`, importable despite its PyPI packaging (see the module docstring)."""
+    _alias_autoattack()
+    try:
+        import pkg_resources  # noqa: F401  (robustbench.loaders needs it)
+    except ImportError:
+        raise ImportError("robustbench needs pkg_resources, removed in setuptools 81: "
+                          "pip install 'setuptools<81'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return importlib.import_module("robustbench")
+        except ImportError as e:
+            raise ImportError(f"robustbench is not importable ({e}): pip install 'robust-bench[zoo]'") from None

@@ -1,0 +1,386 @@
+"""Batched building blocks shared by the corruptions: random draws, border handling, Gaussian /
+box / arbitrary 2-D filters, colour conversions, resampling matrices, zoom, line (motion) blur
+and the plasma fractal.
+
+Border modes use scipy.ndimage's names (the reference calls scipy, skimage and OpenCV):
+
+=========  ==================================  ===========================
+name       rule (``abcd`` is the row)          also known as
+=========  ==================================  ===========================
+nearest    ``aaaa|abcd|dddd``                  torch/cv2 replicate
+reflect    ``dcba|abcd|dcba`` (half-sample)    cv2 BORDER_REFLECT
+mirror     ``dcb|abcd|cba``   (whole-sample)   cv2 BORDER_REFLECT_101, torch reflect
+wrap       ``abcd|abcd|abcd``                  circular
+=========  ==================================  ===========================
+
+Padding is done by index selection, so any pad width works on any image size.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# random numbers
+# --------------------------------------------------------------------------------------------
+class RNG:
+    """Random draws for one `corrupt` call.
+
+    With a `torch.Generator` every draw is made on the generator's device and then moved to the
+    images' device, so a seeded generator gives the same corruption whatever device the images
+    live on.  Without one, draws come from torch's global RNG of the images' device.
+    """
+
+    def __init__(self, generator: Optional[torch.Generator], device: torch.device, dtype: torch.dtype):
+        self.generator = generator
+        self.device = device
+        self.dtype = dtype
+        self._draw_device = generator.device if generator is not None else device
+
+    def _out(self, t: Tensor) -> Tensor:
+        return t.to(self.device)
+
+    def rand(self, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+        return self._out(torch.rand(shape, generator=self.generator, device=self._draw_device,
+                                    dtype=dtype or self.dtype))
+
+    def uniform(self, low: float, high: float, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+        return self.rand(*shape, dtype=dtype) * (high - low) + low
+
+    def normal(self, mean: float, std: float, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+        return self._out(torch.randn(shape, generator=self.generator, device=self._draw_device,
+                                     dtype=dtype or self.dtype)) * std + mean
+
+    def randint(self, low: int, high: int, *shape: int) -> Tensor:
+        """Integers in [low, high) (numpy's convention)."""
+        return self._out(torch.randint(low, high, shape, generator=self.generator, device=self._draw_device))
+
+    def poisson(self, rates: Tensor) -> Tensor:
+        r = rates.to(self._draw_device)
+        return self._out(torch.poisson(r, generator=self.generator))
+
+
+# --------------------------------------------------------------------------------------------
+# borders and filters
+# --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=512)
+def _pad_index_np(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    i = np.arange(-before, n + after)
+    if mode == "nearest":
+        return np.clip(i, 0, n - 1)
+    if mode == "wrap":
+        return np.mod(i, n)
+    if mode == "reflect":
+        m = np.mod(i, 2 * n)
+        return np.where(m >= n, 2 * n - 1 - m, m)
+    if mode == "mirror":
+        if n == 1:
+            return np.zeros_like(i)
+        m = np.mod(i, 2 * n - 2)
+        return np.where(m >= n, 2 * n - 2 - m, m)
+    raise ValueError(f"unknown border mode {mode!r}")
+
+
+def pad_index(n: int, before: int, after: int, mode: str, device) -> Tensor:
+    return torch.as_tensor(_pad_index_np(n, before, after, mode), device=device)
+
+
+def pad2d(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> Tensor:
+    """Pad the last two dims of `x` with one of the border modes above (or 'constant' zeros)."""
+    if top == bottom == left == right == 0:
+        return x
+    if mode == "constant":
+        return F.pad(x, (left, right, top, bottom))
+    H, W = x.shape[-2:]
+    if top or bottom:
+        x = x.index_select(-2, pad_index(H, top, bottom, mode, x.device))
+    if left or right:
+        x = x.index_select(-1, pad_index(W, left, right, mode, x.device))
+    return x
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0, radius: Optional[int] = None) -> np.ndarray:
+    """scipy.ndimage's sampled Gaussian: radius ``int(truncate * sigma + 0.5)``, sums to 1."""
+    if sigma <= 0:
+        return np.ones(1)
+    r = int(truncate * float(sigma) + 0.5) if radius is None else radius
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / float(sigma)) ** 2)
+    return k / k.sum()
+
+
+def _as_kernel(k, like: Tensor) -> Tensor:
+    return torch.as_tensor(np.asarray(k), dtype=like.dtype, device=like.device)
+
+
+def sep_filter(x: Tensor, kh: Sequence[float], kw: Sequence[float], mode: str) -> Tensor:
+    """Correlate every channel of NCHW `x` with the separable kernel ``kh (rows) x kw (cols)``."""
+    B, C, H, W = x.shape
+    kh_t, kw_t = _as_kernel(kh, x), _as_kernel(kw, x)
+    rh, rw = (kh_t.numel() - 1) // 2, (kw_t.numel() - 1) // 2
+    y = x.reshape(B * C, 1, H, W)
+    if kh_t.numel() > 1:
+        y = F.conv2d(pad2d(y, rh, kh_t.numel() - 1 - rh, 0, 0, mode), kh_t.view(1, 1, -1, 1))
+    if kw_t.numel() > 1:
+        y = F.conv2d(pad2d(y, 0, 0, rw, kw_t.numel() - 1 - rw, mode), kw_t.view(1, 1, 1, -1))
+    return y.reshape(B, C, H, W)
+
+
+def gaussian_filter(x: Tensor, sigma, mode: str = "nearest", truncate: float = 4.0) -> Tensor:
+    """scipy.ndimage.gaussian_filter over the two spatial dims (skimage.filters.gaussian's engine).
+
+    `sigma` is a number or a (rows, cols) pair.
+    """
+    sh, sw = (sigma, sigma) if np.isscalar(sigma) else sigma
+    return sep_filter(x, gaussian_kernel1d(sh, truncate), gaussian_kernel1d(sw, truncate), mode)
+
+
+def box_filter3(x: Tensor, mode: str = "mirror") -> Tensor:
+    """cv2.blur(x, (3, 3)) (default border BORDER_REFLECT_101 = 'mirror')."""
+    k = np.full(3, 1.0 / 3.0)
+    return sep_filter(x, k, k, mode)
+
+
+def filter2d(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
+    """Correlate every channel with one odd-sized 2-D `kernel` (cv2.filter2D semantics).
+
+    Large kernels go through the FFT (as OpenCV does past 11x11)."""
+    kernel = kernel.to(dtype=x.dtype, device=x.device)
+    kh, kw = kernel.shape
+    B, C, H, W = x.shape
+    xp = pad2d(x, kh // 2, kh // 2, kw // 2, kw // 2, mode)
+    if kh * kw <= 121:
+        y = F.conv2d(xp.reshape(B * C, 1, *xp.shape[-2:]), kernel.view(1, 1, kh, kw))
+        return y.reshape(B, C, H, W)
+    return _fft_correlate_valid(xp, kernel.expand(B, kh, kw))
+
+
+def _fft_correlate_valid(xp: Tensor, kernels: Tensor) -> Tensor:
+    """Valid correlation of padded images ``xp`` (B, C, Hp, Wp) with per-image kernels (B, kh, kw)."""
+    B, C, Hp, Wp = xp.shape
+    kh, kw = kernels.shape[-2:]
+    ctype = torch.float64 if xp.dtype == torch.float64 else torch.float32
+    kf = torch.flip(kernels, dims=(-2, -1)).to(ctype)
+    Xf = torch.fft.rfft2(xp.to(ctype), s=(Hp, Wp))
+    Kf = torch.fft.rfft2(kf, s=(Hp, Wp)).unsqueeze(1)
+    y = torch.fft.irfft2(Xf * Kf, s=(Hp, Wp))
+    return y[..., kh - 1:, kw - 1:].to(xp.dtype)
+
+
+def per_image_filter2d(x: Tensor, kernels: Tensor, mode: str) -> Tensor:
+    """Correlate image b (all channels) with its own odd-sized kernel ``kernels[b]``."""
+    kh, kw = kernels.shape[-2:]
+    xp = pad2d(x, kh // 2, kh // 2, kw // 2, kw // 2, mode)
+    return _fft_correlate_valid(xp, kernels.to(x.dtype))
+
+
+def cv2_gaussian_kernel1d(ksize: int, sigma: float) -> np.ndarray:
+    """cv2.getGaussianKernel for sigma > 0."""
+    t = np.arange(ksize) - (ksize - 1) / 2.0
+    k = np.exp(-(t ** 2) / (2.0 * sigma * sigma))
+    return k / k.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# colour
+# --------------------------------------------------------------------------------------------
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as cv2.COLOR_RGB2GRAY and JPEG
+
+
+def rgb_to_gray(x: Tensor) -> Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) BT.601 luma."""
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """skimage.color.rgb2hsv on NCHW, including its conventions: grey pixels get hue 0 and
+    saturation 0; where two channels tie for the maximum, blue wins over green over red."""
+    r, g, b = x.unbind(1)
+    v = x.amax(1)
+    delta = v - x.amin(1)
+    safe_d = torch.where(delta > 0, delta, torch.ones_like(delta))
+    safe_v = torch.where(v > 0, v, torch.ones_like(v))
+    s = torch.where(delta > 0, delta / safe_v, torch.zeros_like(v))
+    h = torch.where(r == v, (g - b) / safe_d, torch.zeros_like(v))
+    h = torch.where(g == v, 2.0 + (b - r) / safe_d, h)
+    h = torch.where(b == v, 4.0 + (r - g) / safe_d, h)
+    h = torch.remainder(h / 6.0, 1.0)
+    h = torch.where(delta > 0, h, torch.zeros_like(h))
+    return torch.stack((h, s, v), 1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """skimage.color.hsv2rgb on NCHW."""
+    h, s, v = hsv.unbind(1)
+    hi = torch.floor(h * 6)
+    f = h * 6 - hi
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    hi = torch.remainder(hi, 6).long()
+    # rows: (r, g, b) for sector 0..5
+    table = torch.stack([
+        torch.stack((v, t, p)), torch.stack((q, v, p)), torch.stack((p, v, t)),
+        torch.stack((p, q, v)), torch.stack((t, p, v)), torch.stack((v, p, q)),
+    ])  # (6, 3, B, H, W)
+    out = table.gather(0, hi.unsqueeze(0).unsqueeze(0).expand(1, 3, *hi.shape)).squeeze(0)
+    return out.permute(1, 0, 2, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# resampling
+# --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=256)
+def pil_resample_matrix(in_size: int, out_size: int, kind: str) -> np.ndarray:
+    """(out, in) matrix of PIL's 1-D resampling weights for ``Image.resize``.
+
+    kind 'box': Pillow's Resample.c with the box filter (support 0.5, scaled by the reduction
+    factor; an input pixel counts fully if its centre lies in the output pixel's box).
+    kind 'nearest': Pillow's nearest neighbour, source ``floor((i + 0.5) * in / out)``.
+    """
+    m = np.zeros((out_size, in_size))
+    scale = in_size / out_size
+    if kind == "nearest":
+        src = np.minimum(np.floor((np.arange(out_size) + 0.5) * scale).astype(int), in_size - 1)
+        m[np.arange(out_size), src] = 1.0
+        return m
+    if kind != "box":
+        raise ValueError(kind)
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    for xx in range(out_size):  # builds a small matrix once per size pair (cached), not per pixel of an image
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        t = (np.arange(xmin, xmax) - center + 0.5) / filterscale
+        w = ((t > -0.5) & (t <= 0.5)).astype(np.float64)
+        if w.sum() == 0:  # degenerate rounding; fall back to the nearest pixel
+            w[np.argmin(np.abs(t))] = 1.0
+        m[xx, xmin:xmax] = w / w.sum()
+    return m
+
+
+def resample_separable(x: Tensor, mh: np.ndarray, mw: np.ndarray) -> Tensor:
+    """Apply (out_h, in_h) and (out_w, in_w) resampling matrices to NCHW `x`."""
+    A = torch.as_tensor(mh, dtype=x.dtype, device=x.device)
+    Bm = torch.as_tensor(mw, dtype=x.dtype, device=x.device)
+    return torch.einsum("oh,nchw,pw->ncop", A, x, Bm)
+
+
+def scipy_zoom_linear(x: Tensor, out_h: int, out_w: int) -> Tensor:
+    """scipy.ndimage.zoom(order=1) of the spatial dims to the given size (corner-aligned grid)."""
+    if x.shape[-2:] == (out_h, out_w):
+        return x
+    return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)
+
+
+def clipped_zoom(x: Tensor, factor: float, trim: str) -> Tensor:
+    """Zoom into the centre of every image by `factor` (> = 1).
+
+    The central ``ceil(H / factor)`` x ``ceil(W / factor)`` crop is zoomed (bilinear, corners
+    aligned, output side ``round(side * factor)`` as scipy.ndimage.zoom) and cut back to H x W:
+    trim='top-left' keeps the first H rows / W columns (imagecorruptions), 'center' the middle
+    ones (make_cifar_c.py), 'none' returns the zoomed crop untrimmed.
+    """
+    H, W = x.shape[-2:]
+    ch, cw = int(math.ceil(H / float(factor))), int(math.ceil(W / float(factor)))
+    top, left = (H - ch) // 2, (W - cw) // 2
+    crop = x[..., top:top + ch, left:left + cw]
+    zh, zw = int(round(ch * factor)), int(round(cw * factor))
+    z = scipy_zoom_linear(crop, zh, zw)
+    if trim == "none":
+        return z
+    if trim == "top-left":
+        return z[..., :H, :W]
+    if trim == "center":
+        th, tw = (zh - H) // 2, (zw - W) // 2
+        return z[..., th:th + H, tw:tw + W]
+    raise ValueError(trim)
+
+
+# --------------------------------------------------------------------------------------------
+# motion (line) blur
+# --------------------------------------------------------------------------------------------
+def line_blur(x: Tensor, radius: float, sigma: float, angles_deg: Tensor, border_break: bool) -> Tensor:
+    """ImageMagick's MotionBlurImage, as re-implemented by imagecorruptions, batched.
+
+    Output pixel = sum_i k_i * x(y + oy_i, x + ox_i) over ``i = 0 .. 2*radius`` with one-sided
+    Gaussian weights ``k_i ~ exp(-i^2 / 2 sigma^2)`` (normalised), offsets
+    ``o_i = ceil(i * (sin a, cos a) - 0.5)`` along each image's angle `a`, and edge pixels
+    replicated beyond the border.  With `border_break` (imagecorruptions), the sum stops at the
+    first offset that reaches past the image, without renormalising -- as the reference's
+    ``break`` does.  Each image gets its own sparse kernel; the filtering is one batched FFT.
+    """
+    B, C, H, W = x.shape
+    width = int(2 * math.ceil(radius) + 1) if radius > 0 else 3
+    i = torch.arange(width, dtype=torch.float64)
+    k = torch.exp(-(i ** 2) / (2.0 * sigma * sigma))
+    k = k / k.sum()
+    a = torch.deg2rad(angles_deg.detach().to("cpu", torch.float64)).view(B, 1)
+    oy = torch.ceil(i.view(1, -1) * torch.sin(a) - 0.5).long()  # (B, width)
+    ox = torch.ceil(i.view(1, -1) * torch.cos(a) - 0.5).long()
+    w = k.view(1, -1).expand(B, -1).clone()
+    if border_break:
+        bad = (oy.abs() >= H) | (ox.abs() >= W)
+        w[bad.cumsum(1) > 0] = 0.0
+    R = int(max(oy.abs().max().item(), ox.abs().max().item()))
+    R = max(R, 1)
+    ker = torch.zeros(B, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
+    bidx = torch.arange(B).view(B, 1).expand(B, width)
+    ker.index_put_((bidx.reshape(-1), (oy + R).reshape(-1), (ox + R).reshape(-1)), w.reshape(-1),
+                   accumulate=True)
+    ker = ker.to(device=x.device, dtype=x.dtype)
+    return per_image_filter2d(x, ker, "nearest")
+
+
+# --------------------------------------------------------------------------------------------
+# plasma fractal (fog, procedural frost)
+# --------------------------------------------------------------------------------------------
+def plasma_fractal(batch: int, mapsize: int, wibble_decay: float, rng: RNG) -> Tensor:
+    """Diamond-square height maps on a torus, one per image, each rescaled to [0, 1].
+
+    The construction of the reference's ``plasma_fractal`` (itself after FLHerne/mapgen): the
+    first level perturbs by ``wibble * U(-wibble, wibble)`` with ``wibble = 100``, and every
+    level divides wibble by `wibble_decay`.  Runs in float64 like the reference; returns
+    (batch, mapsize, mapsize) on the RNG's device.  The loop is over the log2(mapsize) levels.
+    """
+    if mapsize & (mapsize - 1):
+        raise ValueError("mapsize must be a power of two")
+    dev = rng.device
+    m = torch.zeros(batch, mapsize, mapsize, dtype=torch.float64, device=dev)
+    step, wibble = mapsize, 100.0
+
+    def jitter(t: Tensor) -> Tensor:
+        return t / 4 + wibble * rng.uniform(-wibble, wibble, *t.shape, dtype=torch.float64)
+
+    while step >= 2:
+        half = step // 2
+        # squares: centre of each square = mean of its four corners + jitter
+        corners = m[:, 0::step, 0::step]
+        s = corners + corners.roll(-1, 1)
+        s = s + s.roll(-1, 2)
+        m[:, half::step, half::step] = jitter(s)
+        # diamonds: edge midpoints = mean of the two adjacent corners and the two adjacent centres
+        centres = m[:, half::step, half::step]
+        corners = m[:, 0::step, 0::step]
+        top = centres + centres.roll(1, 1) + corners + corners.roll(-1, 2)
+        m[:, 0::step, half::step] = jitter(top)
+        left = centres + centres.roll(1, 2) + corners + corners.roll(-1, 1)
+        m[:, half::step, 0::step] = jitter(left)
+        step //= 2
+        wibble /= wibble_decay
+    m = m - m.amin(dim=(1, 2), keepdim=True)
+    return m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-300)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 2 ** (int(n) - 1).bit_length()

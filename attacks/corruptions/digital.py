@@ -1,0 +1,119 @@
+"""Digital corruptions (Hendrycks & Dietterich 2019): brightness, contrast, elastic transform,
+pixelate, and the extra saturate.  (JPEG is in jpeg.py.)
+
+References: imagecorruptions (ImageNet-C table) and make_cifar_c.py (CIFAR-10-C table).
+
+* brightness / saturate -- add to the HSV value / scale-and-shift the HSV saturation, through a
+  torch port of skimage's rgb2hsv/hsv2rgb conventions.  Exact.
+* contrast -- ``(x - mean) * c + mean`` with per-channel means.  Exact.
+* pixelate -- PIL ``resize(BOX)`` down by the factor, then back up with NEAREST (ImageNet-C) or
+  BOX (CIFAR-10-C), as separable resampling matrices with PIL's weights.  Deviation: PIL works
+  on 8-bit images and rounds after each pass; here values stay float.
+* elastic_transform -- ImageNet-C (imagecorruptions' version): displacement fields drawn
+  U(-0.005 H, 0.005 H), smoothed by a Gaussian of sigma 0.01 x side (reflect border, truncate 3),
+  scaled by alpha, applied with bilinear sampling and reflect border (``grid_sample`` with
+  align_corners=False and 'reflection' is exactly scipy's map_coordinates(order=1,
+  mode='reflect')).  CIFAR-10-C: first a random affine warp (three points jittered by
+  U(-c, c), cv2.warpAffine, bilinear, reflect-101 border), then the field U(-1, 1) smoothed by
+  sigma and scaled by alpha.  make_cifar_c.py's sizes are fractions of IMSIZE = 32; here they
+  are fractions of the image's shorter side (identical at 32 px).  OpenCV's 5-bit fixed-point
+  interpolation weights are not emulated.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._ops import (RNG, gaussian_kernel1d, hsv_to_rgb, pil_resample_matrix, resample_separable, rgb_to_hsv,
+                   sep_filter)
+
+Tensor = torch.Tensor
+
+
+def brightness(x: Tensor, c: float, rng: RNG, preset) -> Tensor:
+    hsv = rgb_to_hsv(x)
+    hsv = torch.stack((hsv[:, 0], hsv[:, 1], (hsv[:, 2] + c).clamp(0, 1)), 1)
+    return hsv_to_rgb(hsv)
+
+
+def saturate(x: Tensor, c, rng: RNG, preset) -> Tensor:
+    scale, shift = c
+    hsv = rgb_to_hsv(x)
+    hsv = torch.stack((hsv[:, 0], (hsv[:, 1] * scale + shift).clamp(0, 1), hsv[:, 2]), 1)
+    return hsv_to_rgb(hsv)
+
+
+def contrast(x: Tensor, c: float, rng: RNG, preset) -> Tensor:
+    means = x.mean(dim=(2, 3), keepdim=True)
+    return (x - means) * c + means
+
+
+def pixelate(x: Tensor, c: float, rng: RNG, preset) -> Tensor:
+    H, W = x.shape[-2:]
+    h, w = max(int(H * c), 1), max(int(W * c), 1)
+    small = resample_separable(x, pil_resample_matrix(H, h, "box"), pil_resample_matrix(W, w, "box"))
+    up = preset.variants["pixelate_up"]
+    return resample_separable(small, pil_resample_matrix(h, H, up), pil_resample_matrix(w, W, up))
+
+
+# --------------------------------------------------------------------------------------------
+# elastic
+# --------------------------------------------------------------------------------------------
+def _base_grid(B: int, H: int, W: int, x: Tensor):
+    yy = torch.arange(H, dtype=x.dtype, device=x.device).view(1, H, 1).expand(B, H, W)
+    xx = torch.arange(W, dtype=x.dtype, device=x.device).view(1, 1, W).expand(B, H, W)
+    return yy, xx
+
+
+def sample_reflect(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """scipy.ndimage.map_coordinates(order=1, mode='reflect') at pixel coordinates (B, H, W)."""
+    H, W = x.shape[-2:]
+    grid = torch.stack(((2 * cols + 1) / W - 1, (2 * rows + 1) / H - 1), -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _smoothed_field(B: int, H: int, W: int, low: float, high: float, sigma, truncate: float,
+                    rng: RNG, x: Tensor) -> Tensor:
+    u = rng.uniform(low, high, B, 1, H, W, dtype=torch.float64).to(x.device)
+    sh, sw = sigma
+    return sep_filter(u, gaussian_kernel1d(sh, truncate), gaussian_kernel1d(sw, truncate), "reflect")[:, 0]
+
+
+def _affine_cifar(x: Tensor, jitter: float, rng: RNG) -> Tensor:
+    """make_cifar_c.py's random affine: cv2.getAffineTransform(pts1, pts1 + U(-j, j)) and
+    cv2.warpAffine(..., BORDER_REFLECT_101), bilinear."""
+    B, C, H, W = x.shape
+    centre = np.array([H // 2, W // 2], dtype=np.float64)
+    sq = min(H, W) // 3
+    pts1 = np.array([centre + sq, [centre[0] + sq, centre[1] - sq], centre - sq])  # (x, y) as cv2 reads them
+    pts1_t = torch.as_tensor(pts1, dtype=torch.float64)
+    pts2 = pts1_t.unsqueeze(0) + rng.uniform(-jitter, jitter, B, 3, 2, dtype=torch.float64).cpu()
+    # M maps pts1 -> pts2 (source -> destination); warpAffine samples the source at M^-1(dst)
+    A = torch.cat((pts1_t, torch.ones(3, 1, dtype=torch.float64)), 1).expand(B, 3, 3)
+    M = torch.linalg.solve(A, pts2).transpose(1, 2)  # (B, 2, 3): [x', y'] = M @ [x, y, 1]
+    full = torch.cat((M, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(B, 1, 3)), 1)
+    inv = torch.linalg.inv(full)[:, :2].to(device=x.device, dtype=x.dtype)  # dst -> src
+    yy, xx = _base_grid(B, H, W, x)
+    sx = inv[:, 0, 0, None, None] * xx + inv[:, 0, 1, None, None] * yy + inv[:, 0, 2, None, None]
+    sy = inv[:, 1, 0, None, None] * xx + inv[:, 1, 1, None, None] * yy + inv[:, 1, 2, None, None]
+    # reflect-101 about pixel centres == grid_sample reflection with align_corners=True
+    grid = torch.stack((2 * sx / max(W - 1, 1) - 1, 2 * sy / max(H - 1, 1) - 1), -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def elastic_transform(x: Tensor, c, rng: RNG, preset) -> Tensor:
+    B, C, H, W = x.shape
+    if preset.variants["elastic"] == "cifar":
+        side = min(H, W)
+        alpha, sigma, jitter = (v * side for v in c)
+        x = _affine_cifar(x, jitter, rng)
+        low, high, sig = -1.0, 1.0, (sigma, sigma)
+    else:
+        alpha = float(c)
+        low, high = -H * 0.005, H * 0.005
+        sig = (H * 0.01, W * 0.01)
+    dx = _smoothed_field(B, H, W, low, high, sig, 3.0, rng, x) * alpha
+    dy = _smoothed_field(B, H, W, low, high, sig, 3.0, rng, x) * alpha
+    yy, xx = _base_grid(B, H, W, x)
+    return sample_reflect(x, yy + dy.to(x.dtype), xx + dx.to(x.dtype))

@@ -1,0 +1,56 @@
+"""`robust-bench`: a thin command line over the library. Each sub-command lives in its own module with
+`register(subparsers)`; bad input becomes one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import UserError
+
+# sub-command modules, in the order `--help` lists them; a module that is not there yet is skipped
+COMMANDS = ("run", "listing", "train", "publish", "corruptions_grid")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="robust-bench", description="Measure, harden and publish the adversarial robustness "
+                    "of image classifiers. Run `robust-bench run` for the built-in offline demo.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.endswith(f"cli.{name}"):
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        sys.stderr.write(f"robust-bench: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("robust-bench: interrupted; rerun the same command to resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

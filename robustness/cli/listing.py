@@ -1,0 +1,42 @@
+"""`robust-bench list models|datasets|attacks`."""
+from __future__ import annotations
+
+import argparse
+
+from attacks import attack_names, get_attack_entry
+
+from ..data import registered_datasets
+from ..models import registered_models, torchvision_names
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list models, data sets or attacks",
+                       description="List what `robust-bench run` can evaluate.")
+    p.add_argument("what", choices=("models", "datasets", "attacks"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        print("built-in:")
+        for m in registered_models():
+            print(f"  {m.name:<16} {m.description}")
+        print("torchvision (ImageNet, DEFAULT weights; hub cache or --weights):")
+        names = torchvision_names()
+        for i in range(0, len(names), 6):
+            print("  " + "  ".join(names[i:i + 6]))
+        print("other sources:")
+        print("  robustbench:NAME or robustbench:DATASET/THREAT/NAME   RobustBench model zoo (pip install 'robust-bench[zoo]')")
+        print("  path/to/file.py:factory [--weights CKPT --mean M --std S]   your own architecture")
+        print("  path/to/model.pt   a robust-bench checkpoint, TorchScript or torch.export archive")
+    elif args.what == "datasets":
+        for d in registered_datasets():
+            print(f"  {d.name:<14} {d.description}")
+        print("  DIR            an image folder (one sub-folder per class)")
+        print("  FILE.npz|.npy  arrays: x (uint8 NHWC or float NCHW in [0, 1]) and y / labels.npy")
+    else:
+        for name in attack_names():
+            e = get_attack_entry(name)
+            params = ", ".join(f"{k}={v!r}" for k, v in e.parameters().items() if k != "norm")
+            print(f"  {name:<10} [{'/'.join(e.norms)}] {e.description}\n             args: {params}")
+    return 0

@@ -1,0 +1,92 @@
+"""Parsers for option values shared by sub-commands: eps lists, per-channel values, key=value args."""
+from __future__ import annotations
+
+import argparse
+import math
+from fractions import Fraction
+from typing import Any
+
+from ..errors import UserError
+
+
+def parse_number(text: str, what: str = "value") -> float:
+    """A float or a fraction like 8/255."""
+    t = text.strip()
+    try:
+        if "/" in t:
+            num, den = t.split("/", 1)
+            value = float(Fraction(num.strip())) / float(Fraction(den.strip()))
+        else:
+            value = float(t)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"bad {what} {text!r}: expected a number or a fraction like 8/255") from None
+    if not math.isfinite(value):
+        raise UserError(f"bad {what} {text!r}: not a finite number")
+    return value
+
+
+def parse_eps_list(text: str) -> tuple[float, ...]:
+    items = [s for s in text.split(",") if s.strip()]
+    if not items:
+        raise UserError("--eps needs at least one value")
+    values = tuple(parse_number(s, "eps") for s in items)
+    for s, v in zip(items, values):
+        if v < 0:
+            raise UserError(f"bad eps {s.strip()!r}: must be >= 0")
+    return values
+
+
+def parse_channels(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    return tuple(parse_number(s, what) for s in text.split(",") if s.strip())
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not items:
+        raise UserError("empty list")
+    return items
+
+
+def parse_value(text: str) -> Any:
+    """key=value values: bool, int, float (fractions too), else the string."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(low)
+    except ValueError:
+        pass
+    try:
+        return parse_number(text)
+    except UserError:
+        return text.strip()
+
+
+def parse_kv(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise UserError(f"bad argument {part!r}: expected key=value")
+        k, v = part.split("=", 1)
+        out[k.strip().replace("-", "_")] = parse_value(v)
+    return out
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v

@@ -1,0 +1,164 @@
+"""`robust-bench run`: evaluate models under attacks and store the per-example outcomes."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from typing import Sequence
+
+from leaderboards import ResultStore, StoreError, ThreatResult
+
+from ..engine import AttackSpec, Evaluator, RunSpec, export_json
+from ..errors import UserError
+from ..models import ModelOptions
+from .options import parse_channels, parse_eps_list, parse_kv, parse_list, positive_int
+
+EXAMPLES = """examples:
+  robust-bench run                                   # built-in digits models, FGSM and PGD (offline)
+  robust-bench run --model resnet50 --attack pgd --dataset imagenet --data-dir /data/imagenet --n-examples 1000
+  robust-bench run --model arch.py:resnet20 --weights ckpt.th --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \\
+      --dataset path/to/cifar10/test --eps 1/255,8/255
+  robust-bench run --model ckpt.pt                   # a checkpoint written by robust-bench train
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="evaluate models under attacks (default: the built-in offline demo)",
+                       description="Evaluate each model on a data set under each attack at each eps. Robust "
+                       "accuracy is per example: only examples still classified correctly are attacked, and an "
+                       "example broken at a smaller eps counts as broken at every larger one. Results go to an "
+                       "SQLite store; rerunning an interrupted command resumes it.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--model", default="digits-cnn,digits-cnn-at",
+                   help="comma-separated models: a registered or torchvision name (resnet50), robustbench:NAME, "
+                        "path/to/file.py:factory, or a checkpoint/TorchScript/torch.export file "
+                        "(default: %(default)s; see `robust-bench list models`)")
+    g.add_argument("--dataset", help="a named data set (see `robust-bench list datasets`), an image folder, or a "
+                                     ".npz/.npy file (default: the model's own data set)")
+    g.add_argument("--data-dir", help="root folder of a named data set (local copy; no download needed)")
+    g.add_argument("--split", default="test", choices=("test", "train"), help="data split (default: test)")
+    g.add_argument("--n-examples", type=positive_int, help="evaluate a deterministic subset of N examples")
+    g.add_argument("--subset", default="random", choices=("random", "first"),
+                   help="random: a seeded sample (default); first: the first N (RobustBench's protocol)")
+    a = p.add_argument_group("threat model")
+    a.add_argument("--attack", default="fgsm,pgd", help="comma-separated attacks, each evaluated on its own "
+                                                         "(default: %(default)s; see `robust-bench list attacks`)")
+    a.add_argument("--norm", default="linf", choices=("linf", "l2"), help="perturbation norm (default: linf)")
+    a.add_argument("--eps", help="comma-separated budgets, fractions accepted: 1/255,2/255,8/255 "
+                                 "(default: a few standard values for the data set)")
+    a.add_argument("--steps", type=positive_int, help="iterations of iterative attacks (PGD default: 10)")
+    a.add_argument("--step-size", help="absolute step size, fractions accepted (PGD default: 2.5*eps/steps)")
+    a.add_argument("--restarts", type=positive_int, help="random restarts (default: 1)")
+    a.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="start PGD from a random point of the eps-ball (default: yes)")
+    a.add_argument("--loss", choices=("ce", "margin", "dlr"), help="loss iterative attacks ascend (default: ce)")
+    a.add_argument("--attack-args", help="extra key=value,... passed to every attack that takes them")
+    m = p.add_argument_group("model options")
+    m.add_argument("--weights", help="weights for the model (a state_dict checkpoint in a common layout; for "
+                                     "robustbench: the model directory)")
+    m.add_argument("--mean", help="per-channel normalization mean the model expects, e.g. 0.485,0.456,0.406")
+    m.add_argument("--std", help="per-channel normalization std, e.g. 0.229,0.224,0.225")
+    m.add_argument("--num-classes", type=positive_int, help="classes, passed to a factory that takes num_classes")
+    m.add_argument("--unsafe-load", action="store_true",
+                   help="allow checkpoints that need full unpickling (can run code from the file)")
+    e = p.add_argument_group("engine and output")
+    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    e.add_argument("--batch-size", type=positive_int, default=256, help="examples per batch (default: 256)")
+    e.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32, or autocast to bf16/fp16 (logits and losses stay fp32)")
+    e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels_last memory format (faster convolutions on GPUs)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the example sample and random starts")
+    e.add_argument("--tag", help="a free label stored with the run, e.g. a release name")
+    e.add_argument("--db", default="results.db", help="SQLite results store (default: ./results.db)")
+    e.add_argument("--json", help="also export the run, with per-example outcomes, to this JSON file")
+    e.add_argument("--quiet", action="store_true", help="print only the table")
+    p.set_defaults(func=run)
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    from .options import parse_number
+    common = {"steps": args.steps, "restarts": args.restarts, "random_start": args.random_start, "loss": args.loss,
+              "step_size": parse_number(args.step_size, "step size") if args.step_size else None}
+    common.update(parse_kv(args.attack_args))
+    params = tuple(sorted((k, v) for k, v in common.items() if v is not None))
+    attacks = tuple(AttackSpec(name, params) for name in parse_list(args.attack))
+    opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
+                        std=parse_channels(args.std, "std"), num_classes=args.num_classes,
+                        allow_unsafe=args.unsafe_load, threat={"linf": "Linf", "l2": "L2"}[args.norm])
+    return RunSpec(models=parse_list(args.model), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                   attacks=attacks, norm=args.norm, eps=parse_eps_list(args.eps) if args.eps else None,
+                   n_examples=args.n_examples, subset=args.subset, seed=args.seed, batch_size=args.batch_size,
+                   device=args.device, precision=args.precision, channels_last=args.channels_last,
+                   model_options=opts, tag=args.tag)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    if args.json:
+        _check_writable(args.json)
+    try:
+        store = ResultStore(args.db)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    with store:
+        evaluator = Evaluator(spec, store, log=log, progress=not args.quiet and sys.stderr.isatty())
+        outcome = evaluator.run()
+        print(format_table(outcome.results))
+        if not args.quiet:
+            print(f"\nrun {outcome.run_id} stored in {args.db}")
+        if args.json:
+            export_json(outcome, store, args.json)
+    return 0
+
+
+def _check_writable(path: str) -> None:
+    from pathlib import Path
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {parent} does not exist")
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:5.1f}"
+
+
+def format_table(results: Sequence[ThreatResult]) -> str:
+    """Rows per (model, attack), a column per eps: robust accuracy % and its 95% Wilson interval."""
+    if not results:
+        return "(no results)"
+    by_row: dict[tuple[str, str], dict[float, ThreatResult]] = defaultdict(dict)
+    meta: dict[str, ThreatResult] = {}
+    for r in results:
+        by_row[(r.model, r.attack)][r.eps] = r
+        meta.setdefault(r.model, r)
+    eps_all = sorted({r.eps for r in results})
+    norm = results[0].norm
+
+    def eps_label(e: float) -> str:
+        k = e * 255
+        short = f"{e:g}"
+        if norm == "linf" and abs(k - round(k)) < 1e-6 and 1 <= k < 255 and len(short) > 5:
+            return f"{round(k)}/255"
+        return short
+
+    header = ["model", "data", "n", "clean %", "attack"] + [f"eps={eps_label(e)}" for e in eps_all]
+    rows = []
+    for (model, attack), cells in by_row.items():
+        m = meta[model]
+        clean_k = round(m.clean_accuracy * m.n)
+        from leaderboards import wilson_interval
+        lo, hi = wilson_interval(clean_k, m.n)
+        row = [model, m.dataset, str(m.n), f"{_pct(m.clean_accuracy)} [{_pct(lo).strip()}-{_pct(hi).strip()}]",
+               attack]
+        for e in eps_all:
+            r = cells.get(e)
+            row.append("" if r is None else f"{_pct(r.accuracy)} [{_pct(r.ci95[0]).strip()}-{_pct(r.ci95[1]).strip()}]")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [f"robust accuracy % [95% Wilson interval], {norm}"] + [line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,398 @@
+"""The evaluation engine: models x attacks x eps on a fixed set of examples, batch by batch into the store.
+
+Principles (AutoAttack's, applied to any attack list):
+- per-example flags: only examples still classified correctly are attacked further;
+- eps ascending: an example broken at eps_i is broken at every larger eps (its perturbation lies in the
+  larger ball), so it is not attacked again and robust accuracy cannot rise with eps;
+- every adversarial example is re-checked here (inside the ball, inside [0, 1], misclassified) before it
+  counts: the engine, not the attack, decides;
+- each batch is committed with all its outcomes in one transaction; the same command resumes an
+  interrupted run and ends with exactly the uninterrupted result (random starts are seeded per example).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from attacks import canonical_norm, check_eps, create_attack, get_attack_entry
+from leaderboards import Cost, Outcome, ResultStore, ThreatResult
+
+from .data import LoadedDataset, indices_sha256, load_dataset, select_indices
+from .errors import UserError
+from .models import LoadedModel, ModelOptions, create_model
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's numbers. Same spec (and same weights) = same run = resumable."""
+    models: tuple[str, ...] = ("digits-cnn", "digits-cnn-at")
+    dataset: str | None = None
+    data_dir: str | None = None
+    split: str = "test"
+    attacks: tuple[AttackSpec, ...] = (AttackSpec("fgsm"), AttackSpec("pgd"))
+    norm: str = "linf"
+    eps: tuple[float, ...] | None = None
+    n_examples: int | None = None
+    subset: str = "random"
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+    tag: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["attacks"] = [{"name": a.name, "params": dict(a.params)} for a in self.attacks]
+        return d
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model ready to evaluate, with its data and the examples chosen."""
+    label: str
+    model: LoadedModel
+    data: LoadedDataset
+    dataset_name: str
+    indices: np.ndarray
+    eps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    resumed: bool
+    reused: bool
+    results: tuple[ThreatResult, ...]
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+class _Autocast(nn.Module):
+    """Runs the wrapped model under autocast and hands back float32 logits (losses stay in fp32)."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float()
+
+
+def prepare_module(module: nn.Module, device: torch.device, precision: str, channels_last: bool) -> nn.Module:
+    module = module.to(device).eval()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if precision in ("bf16", "fp16"):
+        module = _Autocast(module, device.type, torch.bfloat16 if precision == "bf16" else torch.float16)
+    elif precision != "fp32":
+        raise UserError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
+    return module
+
+
+def example_seeds(seed: int, label: str, eps: float, indices: np.ndarray) -> torch.Tensor:
+    """One 63-bit seed per (run seed, attack, eps, example): random starts independent of batching."""
+    prefix = f"{seed}|{label}|{eps!r}|".encode()
+    return torch.tensor([int.from_bytes(hashlib.sha256(prefix + str(int(i)).encode()).digest()[:8], "little")
+                         & 0x7FFF_FFFF_FFFF_FFFF for i in indices], dtype=torch.int64)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import importlib.metadata as md
+    versions = {"python": platform.python_version()}
+    for pkg in ("robust-bench", "torch", "torchvision", "numpy", "torchattacks", "robustbench", "pyautoattack"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    dev = str(device)
+    if device.type == "cuda":
+        dev = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"versions": versions, "git_commit": git_commit(), "device": dev, "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:]}
+
+
+def parse_attacks(spec: RunSpec) -> list[tuple[str, Any]]:
+    out, seen = [], set()
+    for a in spec.attacks:
+        if a.name in seen:
+            raise UserError(f"attack {a.name!r} is listed twice")
+        seen.add(a.name)
+        try:
+            entry = get_attack_entry(a.name)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+        if spec.norm not in entry.norms:
+            raise UserError(f"attack {a.name} supports {', '.join(entry.norms)}, not {spec.norm}")
+        try:
+            out.append((a.name, create_attack(a.name, norm=spec.norm, **a.kwargs)))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"bad arguments for attack {a.name}: {e}") from None
+    return out
+
+
+class Evaluator:
+    """Runs a RunSpec against a store. Build it, then call `run()`; `log` receives one-line notes."""
+
+    def __init__(self, spec: RunSpec, store: ResultStore, *, log: Callable[[str], None] = lambda s: None,
+                 progress: bool = False) -> None:
+        self.spec, self.store, self.log, self.progress = spec, store, log, progress
+        try:
+            self.norm = canonical_norm(spec.norm)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.device = resolve_device(spec.device)
+        if spec.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {spec.batch_size}")
+        self.attacks = parse_attacks(spec)
+
+    # ---- preparation: everything that can fail on bad input happens before the store is touched ----
+    def prepare(self) -> list[Prepared]:
+        prepared, labels = [], set()
+        for name in self.spec.models:
+            loaded = create_model(name, self.spec.model_options)
+            label = loaded.info.name
+            if label in labels:
+                raise UserError(f"model {label!r} is listed twice")
+            labels.add(label)
+            ds_name = self.spec.dataset or loaded.info.dataset
+            if ds_name is None:
+                raise UserError(f"model {name} does not say which data set it was made for: pass --dataset")
+            data = load_dataset(ds_name, data_dir=self.spec.data_dir, split=self.spec.split,
+                                preprocess=loaded.info.preprocess)
+            indices = select_indices(len(data), self.spec.n_examples, self.spec.subset, self.spec.seed)
+            eps = self.spec.eps if self.spec.eps is not None else data.info.default_eps.get(self.norm)
+            if not eps:
+                raise UserError(f"no default eps for {data.info.name} under {self.norm}: pass --eps")
+            for e in eps:
+                try:
+                    check_eps(e, self.norm)
+                except ValueError as err:
+                    raise UserError(str(err)) from None
+            module = prepare_module(loaded.module, self.device, self.spec.precision, self.spec.channels_last)
+            p = Prepared(label, LoadedModel(module, loaded.info), data, data.info.name, indices,
+                         tuple(sorted(set(float(e) for e in eps))))
+            self._probe(p)
+            prepared.append(p)
+        return prepared
+
+    def _batches(self, p: Prepared) -> list[np.ndarray]:
+        bs = self.spec.batch_size
+        return [p.indices[i:i + bs] for i in range(0, len(p.indices), bs)]
+
+    def _loader(self, p: Prepared, batches: Sequence[np.ndarray]) -> DataLoader:
+        return DataLoader(p.data.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=0)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True).float()
+        if self.spec.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device)
+
+    def _probe(self, p: Prepared) -> None:
+        """Shape, class-count and NaN checks on the first batch, naming both model and data set."""
+        info, dinfo = p.model.info, p.data.info
+        if info.in_channels is not None and info.in_channels != dinfo.channels:
+            raise UserError(f"model {p.label} takes {info.in_channels}-channel images but data set {dinfo.name} "
+                            f"has {dinfo.channels} channels")
+        x, y = next(iter(self._loader(p, self._batches(p)[:1])))
+        x, y = self._to_device(x, y)
+        try:
+            with torch.no_grad():
+                logits = p.model.module(x)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(f"model {p.label} cannot take data set {dinfo.name}'s images "
+                            f"({dinfo.channels} channels, {tuple(x.shape[2:])} pixels): {first}") from None
+        if logits.dim() != 2:
+            raise UserError(f"model {p.label} returned shape {tuple(logits.shape)}, not (batch, classes) logits")
+        k = logits.shape[1]
+        if k != dinfo.num_classes:
+            raise UserError(f"model {p.label} outputs {k} classes but data set {dinfo.name} has "
+                            f"{dinfo.num_classes}")
+        if info.num_classes is not None and info.num_classes != k:
+            raise UserError(f"model {p.label} says it has {info.num_classes} classes but outputs {k}")
+        if not torch.isfinite(logits).all():
+            raise UserError(f"model {p.label} produced NaN or infinite logits on data set {dinfo.name}")
+
+    # ---- the run ----
+    def run_key(self, prepared: Sequence[Prepared]) -> str:
+        facts = {"spec": self.spec.to_json(),
+                 "models": [{"label": p.label, "weights": p.model.info.weights_sha256, "dataset": p.dataset_name,
+                             "indices": indices_sha256(p.indices), "eps": p.eps} for p in prepared]}
+        facts["spec"].pop("device", None)
+        facts["device"] = self.device.type
+        return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def run(self) -> RunOutcome:
+        prepared = self.prepare()
+        key = self.run_key(prepared)
+        existing = self.store.find_run(key)
+        spec_json = self.spec.to_json()
+        if existing is not None and existing.status == "complete":
+            self.log(f"run {existing.run_id} with these arguments is already complete in {self.store.path}; "
+                     f"showing it")
+            results = tuple(self.store.results(existing.run_id))
+            return RunOutcome(existing.run_id, False, True, results, existing.metadata, existing.spec)
+        if existing is not None:
+            run_id, resumed, metadata = existing.run_id, True, existing.metadata
+            self.log(f"resuming run {run_id}")
+        else:
+            metadata = environment(self.device)
+            metadata.update(seed=self.spec.seed, tag=self.spec.tag,
+                            models={p.label: {"weights_sha256": p.model.info.weights_sha256,
+                                              "indices_sha256": indices_sha256(p.indices),
+                                              "dataset": p.dataset_name, "n": int(len(p.indices))}
+                                    for p in prepared})
+            run_id, resumed = self.store.create_run(key, spec_json, metadata, self.spec.tag), False
+        torch.manual_seed(self.spec.seed)
+        for p in prepared:
+            self.store.register_model(run_id, p.label, p.dataset_name,
+                                      {"model": p.model.info.to_json(), "dataset": p.data.info.to_json(),
+                                       "eps": list(p.eps), "norm": self.norm}, p.indices.tolist())
+        try:
+            for p in prepared:
+                self._evaluate_model(run_id, p)
+        except UserError:
+            self.store.delete_run(run_id)  # a run that cannot be trusted (e.g. NaN logits) is not kept
+            raise
+        results = self._finish(run_id, prepared)
+        return RunOutcome(run_id, resumed, False, tuple(results), metadata, spec_json)
+
+    def _evaluate_model(self, run_id: str, p: Prepared) -> None:
+        batches = self._batches(p)
+        done = self.store.done_batches(run_id, p.label)
+        todo = [i for i in range(len(batches)) if i not in done]
+        if not todo:
+            return
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc=p.label, unit="batch",
+                       file=sys.stderr, leave=False)
+        loader = self._loader(p, [batches[i] for i in todo])
+        for b, (x, y) in zip(todo, loader):
+            outcomes, costs = self.evaluate_batch(p, batches[b], x, y)
+            self.store.write_batch(run_id, p.label, b, outcomes, costs)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+    def evaluate_batch(self, p: Prepared, idx: np.ndarray, x: torch.Tensor,
+                       y: torch.Tensor) -> tuple[list[Outcome], list[Cost]]:
+        model = p.model.module
+        x, y = self._to_device(x, y)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = model(x)
+        if not torch.isfinite(logits).all():
+            raise UserError(f"model {p.label} produced NaN or infinite logits on data set {p.dataset_name}")
+        clean = (logits.argmax(1) == y)
+        clean_seconds = time.perf_counter() - t0
+        outcomes: list[Outcome] = []
+        costs: list[Cost] = []
+        clean_np = clean.cpu().numpy()
+        for a_i, (label, attack) in enumerate(self.attacks):
+            broken = np.where(clean_np, np.nan, 0.0)
+            for eps in p.eps:
+                alive = np.flatnonzero(np.isnan(broken))
+                t0 = time.perf_counter()
+                fwd = bwd = 0
+                if len(alive) and eps > 0:
+                    sel = torch.as_tensor(alive, device=self.device)
+                    xs, ys = x[sel], y[sel]
+                    out = attack(model, xs, ys, eps, seeds=example_seeds(self.spec.seed, label, eps, idx[alive]),
+                                 verify=False)
+                    fwd, bwd = out.forward, out.backward
+                    self._check_contract(label, xs, out.x_adv, eps)
+                    with torch.no_grad():
+                        still = (model(out.x_adv).argmax(1) == ys).cpu().numpy()
+                    fwd += len(alive)
+                    broken[alive[~still]] = eps
+                seconds = time.perf_counter() - t0
+                if a_i == 0 and eps == p.eps[0]:
+                    seconds += clean_seconds
+                costs.append(Cost(label, eps, seconds, fwd, bwd))
+            outcomes.extend(Outcome(label, int(i), bool(c), None if np.isnan(b) else float(b))
+                            for i, c, b in zip(idx, clean_np, broken))
+        return outcomes, costs
+
+    def _check_contract(self, label: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> None:
+        """An attack's output must be a valid point of the threat model, or no number is reported."""
+        if x_adv.shape != x.shape:
+            raise RuntimeError(f"attack {label} returned shape {tuple(x_adv.shape)} for {tuple(x.shape)}")
+        tol = 1e-5
+        if x_adv.min() < -tol or x_adv.max() > 1 + tol:
+            raise RuntimeError(f"attack {label} left the [0, 1] pixel range")
+        d = (x_adv - x).flatten(1)
+        size = d.abs().max(1).values if self.norm == "linf" else d.norm(dim=1)
+        if (size > eps * (1 + 1e-4) + tol).any():
+            raise RuntimeError(f"attack {label} exceeded eps={eps:g} ({self.norm}): max {size.max().item():.6g}")
+
+    def _finish(self, run_id: str, prepared: Sequence[Prepared]) -> list[ThreatResult]:
+        results = []
+        for p in prepared:
+            for label, attack in self.attacks:
+                params = {k: v for k, v in asdict(attack).items()} if hasattr(attack, "__dataclass_fields__") else {}
+                for eps in p.eps:
+                    results.append(self.store.recompute(run_id, p.label, label, eps, dataset=p.dataset_name,
+                                                        norm=self.norm, params=params))
+        self.store.finish_run(run_id, [r for r in results])
+        return results
+
+
+def export_json(outcome: RunOutcome, store: ResultStore, path: str | Path) -> None:
+    """The run's metadata and every result with its per-example outcomes, accuracies as fractions."""
+    results = [store.recompute(r.run_id, r.model, r.attack, r.eps, dataset=r.dataset, norm=r.norm,
+                               params=r.params).to_json() for r in outcome.results]
+    doc = {"run": {"run_id": outcome.run_id, **outcome.metadata, "spec": outcome.spec}, "results": results}
+    Path(path).write_text(json.dumps(doc, indent=1, default=str))

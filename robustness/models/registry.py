@@ -1,0 +1,83 @@
+"""`--model` resolution: one name, many sources, tried in a fixed order.
+
+  robustbench:NAME | robustbench:DATASET/THREAT/NAME   RobustBench model zoo
+  path/to/file.py:factory                               a user's architecture (+ --weights, --mean, --std)
+  path/to/model.pt                                      our checkpoint, TorchScript or torch.export archive
+  a registered name (digits-cnn, ...)                   built-ins, refused if registered twice
+  a torchvision classifier name (resnet50, vit_b_16)    DEFAULT weights
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError, unknown
+from .base import LoadedModel
+from .checkpoints import load_file
+from .sources import (ModelOptions, from_file, from_own_checkpoint, from_python, from_robustbench,
+                      from_torchvision, torchvision_names)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    loader: Callable[[ModelOptions], LoadedModel]
+    dataset: str | None
+    description: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, loader: Callable[[ModelOptions], LoadedModel], *, dataset: str | None,
+                   description: str) -> ModelEntry:
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    entry = ModelEntry(name, loader, dataset, description)
+    _MODELS[name] = entry
+    return entry
+
+
+def registered_models() -> list[ModelEntry]:
+    return [_MODELS[k] for k in sorted(_MODELS)]
+
+
+def create_model(spec: str, opts: ModelOptions | None = None) -> LoadedModel:
+    opts = opts or ModelOptions()
+    spec = spec.strip()
+    if not spec:
+        raise UserError("empty model name")
+    if spec.startswith("robustbench:"):
+        return from_robustbench(spec.split(":", 1)[1], opts)
+    head, sep, _ = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        return from_python(spec, opts)
+    if spec in _MODELS:
+        return _MODELS[spec].loader(opts)
+    if Path(spec).suffix or "/" in spec or Path(spec).exists():
+        if not Path(spec).exists():
+            raise UserError(f"model file not found: {spec}")
+        return from_file(spec, opts)
+    tv = torchvision_names()
+    if spec in tv:
+        return from_torchvision(spec, opts)
+    raise unknown("model", spec, list(_MODELS) + tv)
+
+
+def _builtin(file: str, name: str) -> Callable[[ModelOptions], LoadedModel]:
+    def load(opts: ModelOptions) -> LoadedModel:
+        path = resources.files("robustness") / "weights" / file
+        with resources.as_file(path) as p:
+            if not p.is_file():
+                raise UserError(f"built-in weights {p} are missing from this installation")
+            loaded = from_own_checkpoint(load_file(p), str(p), name, opts)
+        return LoadedModel(loaded.module, loaded.info.with_(source="builtin"))
+    return load
+
+
+register_model("digits-cnn", _builtin("digits-cnn.pt", "digits-cnn"), dataset="digits",
+               description="small CNN, standard training on the 8x8 digits (built in, offline)")
+register_model("digits-cnn-at", _builtin("digits-cnn-at.pt", "digits-cnn-at"), dataset="digits",
+               description="small CNN, PGD adversarial training at L-inf eps 0.1 on the 8x8 digits (built in)")

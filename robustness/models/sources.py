@@ -1,0 +1,245 @@
+"""Where models come from: our checkpoints (built-ins included), torchvision, RobustBench, a user's
+Python file, TorchScript and torch.export archives. Each returns a `LoadedModel` whose module takes
+[0, 1] pixels."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..archs import ARCHS, build_arch
+from ..errors import UserError, unknown
+from .base import LoadedModel, ModelInfo, Normalized, Preprocess, state_dict_sha256
+from .checkpoints import archive_kind, extract_state_dict, is_own_checkpoint, load_file, load_into
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options that complete a model spec (the CLI's --weights, --mean, --std, --num-classes, --unsafe-load)."""
+    weights: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_classes: int | None = None
+    allow_unsafe: bool = False
+    threat: str = "Linf"
+
+
+def _normalize(module: nn.Module, mean, std) -> nn.Module:
+    if mean is None and std is None:
+        return module
+    if mean is None or std is None:
+        raise UserError("--mean and --std go together (one value per channel each)")
+    try:
+        return Normalized(module, mean, std)
+    except ValueError as e:
+        raise UserError(f"bad normalization: {e}") from None
+
+
+# ---- our own checkpoints (the built-ins are such files) ----
+
+def from_own_checkpoint(blob: dict[str, Any], path: str, name: str, opts: ModelOptions) -> LoadedModel:
+    arch = blob.get("arch")
+    if arch not in ARCHS:
+        raise UserError(f"{path} was written for architecture {arch!r}, which this robust-bench does not know")
+    meta = dict(blob.get("meta") or {})
+    module = build_arch(arch, **dict(blob.get("arch_kwargs") or {}))
+    load_into(module, blob["state_dict"], path)
+    mean, std = meta.get("mean"), meta.get("std")
+    if opts.mean is not None or opts.std is not None:
+        mean, std = opts.mean, opts.std
+    module = _normalize(module, tuple(mean) if mean else None, tuple(std) if std else None)
+    size = meta.get("input_size")
+    info = ModelInfo(name=name, source="checkpoint", arch=arch, num_classes=meta.get("num_classes"),
+                     in_channels=size[0] if size else None, input_size=tuple(size[1:]) if size else None,
+                     mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
+                     classes=tuple(meta["classes"]) if meta.get("classes") else None, dataset=meta.get("dataset"),
+                     weights_sha256=state_dict_sha256(blob["state_dict"]), weights_path=str(path),
+                     extra={k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
+                                                                 "trained_with", "threat_model")})
+    return LoadedModel(module, info)
+
+
+def from_file(path: str, opts: ModelOptions) -> LoadedModel:
+    """`--model PATH`: our checkpoint, a TorchScript archive or a torch.export archive."""
+    p = Path(path)
+    kind = archive_kind(p)
+    name = p.name
+    if kind == "torchscript":
+        try:
+            module = torch.jit.load(str(p), map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot load TorchScript model {p}: {e}") from None
+        return _scripted(module, name, "torchscript", p, opts)
+    if kind == "export":
+        try:
+            module = torch.export.load(str(p)).module()
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot load torch.export model {p}: {e}") from None
+        return _scripted(module, name, "export", p, opts)
+    blob = load_file(p, allow_unsafe=opts.allow_unsafe)
+    if is_own_checkpoint(blob):
+        return from_own_checkpoint(blob, str(p), name, opts)
+    if isinstance(blob, nn.Module):  # only reachable with --unsafe-load
+        return _scripted(blob, name, "pickle", p, opts)
+    raise UserError(f"{p} holds weights but no architecture; pass --model path/to/arch.py:factory --weights {p}")
+
+
+def _scripted(module: nn.Module, name: str, source: str, path: Path, opts: ModelOptions) -> LoadedModel:
+    sd = module.state_dict()
+    module = _normalize(module, opts.mean, opts.std)
+    return LoadedModel(module, ModelInfo(name=name, source=source, num_classes=opts.num_classes, mean=opts.mean,
+                                         std=opts.std, weights_sha256=state_dict_sha256(sd),
+                                         weights_path=str(path)))
+
+
+# ---- a user's architecture file: path/to/file.py:factory ----
+
+def from_python(spec: str, opts: ModelOptions) -> LoadedModel:
+    file, _, factory = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"architecture file not found: {path}")
+    mod_name = "_robust_bench_user_" + re.sub(r"\W", "_", str(path.resolve()))
+    loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise UserError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[mod_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file failed to import
+        raise UserError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, factory, None)
+    if fn is None or not callable(fn):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise unknown("factory", factory, names)
+    kwargs = {}
+    if opts.num_classes is not None:
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["num_classes"] = opts.num_classes
+    try:
+        net = fn(**kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{spec}() failed: {type(e).__name__}: {e}") from None
+    if not isinstance(net, nn.Module):
+        raise UserError(f"{spec} returned {type(net).__name__}, not a torch.nn.Module")
+    sha = None
+    if opts.weights:
+        state = extract_state_dict(load_file(opts.weights, allow_unsafe=opts.allow_unsafe), opts.weights)
+        load_into(net, state, opts.weights)
+        sha = state_dict_sha256(state)
+    else:
+        sha = state_dict_sha256(net)
+    net = _normalize(net, opts.mean, opts.std)
+    info = ModelInfo(name=f"{path.stem}:{factory}", source="file", arch=f"{path.name}:{factory}",
+                     num_classes=opts.num_classes, mean=opts.mean, std=opts.std, weights_sha256=sha,
+                     weights_path=opts.weights)
+    return LoadedModel(net, info)
+
+
+# ---- torchvision ----
+
+def torchvision_names() -> list[str]:
+    import torchvision
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def hub_cache_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+
+
+def from_torchvision(name: str, opts: ModelOptions) -> LoadedModel:
+    """A torchvision classifier with its DEFAULT weights; their resize/crop go to the data, their
+    normalization into the model."""
+    import torchvision
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    net = torchvision.models.get_model(name, weights=None)
+    if opts.weights:
+        source = opts.weights
+        state = extract_state_dict(load_file(opts.weights, allow_unsafe=opts.allow_unsafe), opts.weights)
+    else:
+        cached = hub_cache_path(weights.url)
+        if not cached.is_file():
+            _download(weights.url, cached, name)
+        source = str(cached)
+        state = extract_state_dict(load_file(cached, allow_unsafe=opts.allow_unsafe), str(cached))
+    load_into(net, state, source)
+    t = weights.transforms()
+    crop = int(t.crop_size[0])
+    pre = Preprocess(resize=int(t.resize_size[0]), crop=crop, interpolation=t.interpolation.value)
+    mean, std = tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    metrics = weights.meta.get("_metrics", {})
+    info = ModelInfo(name=name, source="torchvision", arch=name, num_classes=len(weights.meta["categories"]),
+                     in_channels=3, input_size=(crop, crop), mean=mean, std=std,
+                     classes=tuple(weights.meta["categories"]), dataset="imagenet", preprocess=pre,
+                     weights_sha256=state_dict_sha256(state), weights_path=source,
+                     extra={"weights": str(weights), "url": weights.url, "published": metrics})
+    return LoadedModel(Normalized(net, mean, std), info)
+
+
+def _download(url: str, dst: Path, name: str) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    match = getattr(torch.hub, "HASH_REGEX", re.compile(r"-([a-f0-9]*)\.")).search(dst.name)
+    try:
+        torch.hub.download_url_to_file(url, str(dst), match.group(1) if match else None, progress=False)
+    except Exception as e:  # noqa: BLE001 - offline, proxy, hash mismatch: all need the same advice
+        raise UserError(f"weights for {name} are not in the torch hub cache ({dst}) and downloading {url} failed "
+                        f"({type(e).__name__}). Download that file on a machine with internet and put it at "
+                        f"{dst} (or set TORCH_HOME), or pass --weights PATH") from None
+
+
+# ---- RobustBench model zoo: robustbench:[dataset/threat/]name ----
+
+def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
+    from attacks._compat import import_robustbench
+    parts = spec.split("/")
+    if len(parts) == 3:
+        dataset, threat, name = parts
+    elif len(parts) == 1:
+        dataset, threat, name = "cifar10", opts.threat, parts[0]
+    else:
+        raise UserError(f"robustbench model spec is robustbench:NAME or robustbench:DATASET/THREAT/NAME, got {spec!r}")
+    try:
+        import_robustbench()
+        from robustbench.model_zoo import model_dicts
+        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+        from robustbench.utils import load_model
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    try:
+        ds_enum, tm_enum = BenchmarkDataset(dataset), ThreatModel(threat)
+    except ValueError:
+        raise UserError(f"RobustBench has no {dataset}/{threat} board (data sets: cifar10, cifar100, imagenet; "
+                        f"threats: Linf, L2, corruptions)") from None
+    zoo = model_dicts[ds_enum][tm_enum]
+    if name not in zoo:
+        raise unknown(f"RobustBench {dataset}/{threat} model", name, zoo)
+    model_dir = Path(opts.weights or os.environ.get("ROBUST_BENCH_ZOO", "models"))
+    path = model_dir / dataset / threat / f"{name}.pt"
+    try:
+        net = load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
+    except Exception as e:  # noqa: BLE001 - offline download failure or a corrupt file
+        if path.is_file():
+            raise UserError(f"cannot load RobustBench model {name} from {path}: {type(e).__name__}: {e}") from None
+        raise UserError(f"RobustBench weights for {name} are not at {path} and downloading them failed "
+                        f"({type(e).__name__}); put the file there or pass --weights DIR (the model dir)") from None
+    size = 224 if dataset == "imagenet" else 32
+    n_classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+    info = ModelInfo(name=f"robustbench:{name}", source="robustbench", arch=name, num_classes=n_classes,
+                     in_channels=3, input_size=(size, size), dataset=dataset,
+                     preprocess=Preprocess(resize=256, crop=224) if dataset == "imagenet" else None,
+                     weights_sha256=state_dict_sha256(net), weights_path=str(path),
+                     extra={"threat_model": threat, "robustbench_board": f"{dataset}/{threat}"})
+    return LoadedModel(net, info)
