@@ -7,16 +7,15 @@ make_cifar_c.py (CIFAR-10-C table).
 * defocus_blur -- the reference's anti-aliased disk kernel (a disk of the given radius on a
   grid of at least 17 x 17, smoothed by a 3x3 (5x5 past radius 8) Gaussian as
   ``cv2.GaussianBlur``), applied as ``cv2.filter2D`` (reflect-101 border).  Exact.
-* glass_blur -- Gaussian blur, 8-bit quantisation, the reference's *sequential* local pixel
-  swaps, Gaussian blur again.  The swaps are reproduced exactly (same distribution of the final
-  permutation, including the reference's asymmetric ``randint(-d, d)`` offsets) but computed on
-  wavefronts: swap (h, w) can only interact with swaps less than 2d rows/columns away, so all
-  positions with equal ``2d * row_index + column_index`` are independent and are done at once
-  (about 2d*H + W vectorised steps, batched over images, instead of H*W Python iterations).
-  Deviation: the reference truncates float64 values like 137.9999999 to 137 at the
-  quantisation step; here values are floored after adding 1e-6, so flat areas are not
-  darkened by one level at random.  make_cifar_c.py hard-codes the loop bounds to 32 px; here
-  they follow the image size (same at 32 px).
+* glass_blur -- Gaussian blur, 8-bit quantisation, the reference's sequential local pixel
+  "swaps", Gaussian blur again.  In the reference (imagecorruptions and make_cifar_c.py alike)
+  ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views is in effect the copy
+  ``x[h, w] = x[h', w']``; that is what produced ImageNet-C / CIFAR-10-C and what is reproduced
+  here, exactly given the same offsets (including the asymmetric ``randint(-d, d)`` range),
+  without a loop over pixels: see `glass_source_map`.  Deviation: the reference truncates
+  float64 values like 137.9999999 to 137 at the quantisation step; here values are floored
+  after adding 1e-6.  make_cifar_c.py hard-codes the loop bounds to 32 px; here they follow the
+  image size (same at 32 px).
 * motion_blur -- the line kernel of ImageMagick's motion blur (see ``_ops.line_blur``), angle
   U(-45, 45) per image, edge replication; with the ImageNet-C table the reference's early stop
   at the image border is kept.  CIFAR-10-C ran ImageMagick itself (8-bit output); here the
@@ -68,57 +67,65 @@ def defocus_blur(x: Tensor, c, rng: RNG, preset) -> Tensor:
 # glass
 # --------------------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
-def _glass_schedule(H: int, W: int, d: int):
-    """Scan positions of the reference loop sorted into independent wavefronts.
+def _glass_scan(H: int, W: int, d: int):
+    """The reference loop's visiting order: h = H-d .. d+1 (outer), w = W-d .. d+1 (inner), both
+    descending.  Returns the flat index of every visited pixel in visiting order and, for every
+    pixel of the image, its visit time (``H*W`` -- never -- outside the scanned region)."""
+    hs = np.arange(H - d, d, -1)
+    ws = np.arange(W - d, d, -1)
+    P = (hs[:, None] * W + ws[None, :]).ravel().astype(np.int64)
+    visit = np.full(H * W, H * W, dtype=np.int64)
+    visit[P] = np.arange(P.size)
+    return P, visit
 
-    The reference visits h = H-d .. d+1 (outer, descending) and w = W-d .. d+1 (inner,
-    descending).  With a = H-d-h and b = W-d-w, position (a, b) gets wavefront 2d*a + b.
-    Returns the flat pixel indices in wavefront order and the [start, end) slices of each front.
+
+def glass_source_map(offsets: Tensor, H: int, W: int, d: int) -> Tensor:
+    """(B, H*W) index of the pixel each output pixel is copied from after the reference loop.
+
+    `offsets` (B, iterations, n_visited, 2) holds the (dx, dy) the reference draws with
+    ``np.random.randint(-d, d, size=(2,))`` at each visited pixel, in visiting order.
+
+    The reference's ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` is, because numpy indexing
+    returns views, a *copy* ``x[h, w] = x[h', w']`` (the second assignment writes back the value
+    just copied).  So within one pass, pixel p receives the *final* value of p' = p + (dy, dx)
+    if p' was visited before p, and otherwise p''s value from the previous pass.  Those pointers
+    always lead to earlier visits, so they are resolved for all pixels at once by pointer
+    jumping (log2 of the longest chain steps); passes compose by indexing.
     """
-    nh, nw = H - 2 * d, W - 2 * d
-    if nh <= 0 or nw <= 0:
-        return np.zeros(0, dtype=np.int64), []
-    a, b = np.meshgrid(np.arange(nh), np.arange(nw), indexing="ij")
-    t = (2 * d * a + b).ravel()
-    order = np.argsort(t, kind="stable")
-    h = (H - d - a).ravel()[order]
-    w = (W - d - b).ravel()[order]
-    ts = t[order]
-    starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
-    ends = np.r_[starts[1:], ts.size]
-    return (h * W + w).astype(np.int64), list(zip(starts.tolist(), ends.tolist()))
-
-
-def glass_permutation(B: int, H: int, W: int, d: int, iterations: int, rng: RNG) -> np.ndarray:
-    """(B, H*W) source index of every pixel after the reference's sequential swaps."""
-    perm = np.tile(np.arange(H * W, dtype=np.int64), (B, 1))
-    P, fronts = _glass_schedule(H, W, d)
-    if not fronts:
-        return perm
-    N = P.size
-    # the reference draws (dx, dy) = randint(-d, d, size=2) per visited pixel; draws are iid, so
-    # drawing them in wavefront order instead of scan order leaves the distribution unchanged
-    offs = rng.randint(-d, d, B, iterations, N, 2).cpu().numpy()
-    rows = np.arange(B)[:, None]
+    B, iterations = offsets.shape[:2]
+    device = offsets.device
+    total = torch.arange(H * W, device=device).expand(B, H * W).clone()
+    P_np, visit_np = _glass_scan(H, W, d)
+    if P_np.size == 0:
+        return total
+    P = torch.as_tensor(P_np, device=device)
+    visit = torch.as_tensor(visit_np, device=device)
     for it in range(iterations):
-        Q = P[None, :] + offs[:, it, :, 1] * W + offs[:, it, :, 0]
-        for s, e in fronts:  # ~2d*H + W fronts; every front is one vectorised swap over all images
-            p = P[s:e]
-            q = Q[:, s:e]
-            vp = perm[:, p]
-            vq = perm[rows, q]
-            perm[:, p] = vq
-            perm[rows, q] = vp
-    return perm
+        dx, dy = offsets[:, it, :, 0], offsets[:, it, :, 1]
+        Q = P.unsqueeze(0) + dy * W + dx                                      # (B, n)
+        ptr = torch.arange(H * W, device=device).expand(B, H * W).clone()
+        done = torch.ones(B, H * W, dtype=torch.bool, device=device)
+        ptr[:, P] = Q
+        done[:, P] = ~(visit[Q] < visit[P].unsqueeze(0))   # copies an already-final pixel: not yet resolved
+        while not bool(done.all()):
+            nxt = ptr.gather(1, ptr)
+            nd = done.gather(1, ptr)
+            ptr = torch.where(done, ptr, nxt)
+            done = done | nd
+        total = total.gather(1, ptr)
+    return total
 
 
 def glass_blur(x: Tensor, c, rng: RNG, preset) -> Tensor:
     sigma, d, iterations = c
+    d, iterations = int(d), int(iterations)
     B, C, H, W = x.shape
     y = gaussian_filter(x, sigma)
     y = torch.floor(y.clamp(0, 1) * 255 + 1e-6) / 255  # the reference's np.uint8(... * 255)
-    perm = torch.from_numpy(glass_permutation(B, H, W, int(d), int(iterations), rng)).to(x.device)
-    y = y.reshape(B, C, H * W).gather(2, perm.unsqueeze(1).expand(B, C, H * W)).reshape(B, C, H, W)
+    n = _glass_scan(H, W, d)[0].size
+    offsets = rng.randint(-d, d, B, iterations, n, 2).to(x.device)
+    src = glass_source_map(offsets, H, W, d)
+    y = y.reshape(B, C, H * W).gather(2, src.unsqueeze(1).expand(B, C, H * W)).reshape(B, C, H, W)
     return gaussian_filter(y, sigma)
 
 
