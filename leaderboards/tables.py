@@ -181,7 +181,8 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
         [("n", "n", "num"), ("clean", "Clean %", "num")] + \
         [(f"t{i}", f"{labels[t]} %", "num") for i, t in enumerate(board.threats)] + [("worst", "Worst case %", "num")]
     out = [f'<table id="{e(table_id)}" class="leaderboard">', "<thead><tr>"]
-    out += [f'<th data-key="{e(k)}" data-type="{typ}" scope="col">{e(text)}</th>' for k, text, typ in head]
+    out += [f'<th data-key="{e(k)}" data-type="{typ}" scope="col"{" class=text" if typ == "text" else ""}>{e(text)}</th>'
+            for k, text, typ in head]
     out += ["</tr></thead>", "<tbody>"]
 
     def num(v: float | None) -> str:
@@ -194,10 +195,10 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
         tds.append(f'<td data-sort="{e(r.model)}" class="model">{name}</td>')
         for c in cols:
             if c == "paper" and r.paper_url:
-                tds.append(f'<td data-sort="{e(r.paper or "")}"><a href="{e(r.paper_url)}" rel="noopener noreferrer">'
-                           f'{e(r.paper or "paper")}</a></td>')
+                tds.append(f'<td data-sort="{e(r.paper or "")}" class="text"><a href="{e(r.paper_url)}" '
+                           f'rel="noopener noreferrer">{e(r.paper or "paper")}</a></td>')
             else:
-                tds.append(f'<td data-sort="{e(getattr(r, c) or "")}">{e(getattr(r, c) or "")}</td>')
+                tds.append(f'<td data-sort="{e(getattr(r, c) or "")}" class="text">{e(getattr(r, c) or "")}</td>')
         tds.append(f'<td data-sort="{r.n}">{r.n}</td>')
         tds.append(f'<td data-sort="{num(r.clean_accuracy)}">{pct(r.clean_accuracy)} '
                    f'<span class="ci">{interval(r.clean_ci95)}</span></td>')
@@ -210,7 +211,7 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
                            f'<span class="ci">{interval(c.ci95)}</span></td>')
         tds.append(f'<td data-sort="{num(r.worst)}">{"—" if r.worst is None else pct(r.worst)}'
                    f'{"" if r.complete else " <span class=partial>(partial)</span>"}</td>')
-        out.append(f'<tr data-model="{e(r.model)}">' + "".join(tds) + "</tr>")
+        out.append(f'<tr data-rank="{r.rank}" data-model="{e(r.model)}">' + "".join(tds) + "</tr>")
     out += ["</tbody>", "</table>"]
     return "\n".join(out) + "\n"
 

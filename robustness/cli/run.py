@@ -74,16 +74,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--db", default="results.db", help="SQLite results store (default: ./results.db)")
     e.add_argument("--json", help="also export the run, with per-example outcomes, to this JSON file")
     e.add_argument("--quiet", action="store_true", help="print only the table")
+    from .publish import add_protocol_option  # --protocol (issue 6): fills dataset/examples/norm/eps/attacks
+    add_protocol_option(g)
     p.set_defaults(func=run)
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
     from .options import parse_number
+    protocol_attacks = None
+    if getattr(args, "protocol", None):  # fills args from the protocol; user-given conflicting flags: UserError
+        from .publish import apply_protocol
+        protocol_attacks = apply_protocol(args)
     common = {"steps": args.steps, "restarts": args.restarts, "random_start": args.random_start, "loss": args.loss,
               "step_size": parse_number(args.step_size, "step size") if args.step_size else None}
     common.update(parse_kv(args.attack_args))
     params = tuple(sorted((k, v) for k, v in common.items() if v is not None))
-    attacks = tuple(AttackSpec(name, params) for name in parse_list(args.attack))
+    attacks = protocol_attacks or tuple(AttackSpec(name, params) for name in parse_list(args.attack))
     opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
                         std=parse_channels(args.std, "std"), num_classes=args.num_classes,
                         allow_unsafe=args.unsafe_load, threat={"linf": "Linf", "l2": "L2"}[args.norm])
