@@ -195,6 +195,8 @@ class ResultStore:
             if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {version}; this robust-bench reads up to "
                                  f"{SCHEMA_VERSION}: upgrade robust-bench")
+            if version == SCHEMA_VERSION:
+                return  # nothing to write: opening a store never modifies it
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)

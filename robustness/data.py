@@ -2,7 +2,9 @@
 folders and array files. Every set yields (float CHW pixels in [0, 1], int label)."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,15 +111,28 @@ def registered_datasets() -> list[DatasetEntry]:
     return [_DATASETS[k] for k in sorted(_DATASETS)]
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits.csv.gz, read directly: importing sklearn costs seconds."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # a layout this code does not know: the public API
+    d = load_digits()
+    return d.images, d.target.astype(np.int64)
+
+
 def _digits(root: Path | None, split: str, pre: Preprocess | None, download: bool) -> LoadedDataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16). Fixed split: a permutation
     from RandomState(0); the last 360 (20%) are the test set."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    order = np.random.RandomState(0).permutation(len(d.target))
+    images, target = _digits_arrays()
+    order = np.random.RandomState(0).permutation(len(target))
     part = order[-360:] if split == "test" else order[:-360]
-    x = torch.tensor(d.images[part] / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target[part], dtype=torch.long)
+    x = torch.tensor(images[part] / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(target[part], dtype=torch.long)
     info = DatasetInfo("digits", 10, 1, tuple(str(i) for i in range(10)), (8, 8),
                        {"linf": (0.05, 0.1, 0.2), "l2": (0.25, 0.5, 1.0)})
     return LoadedDataset(TensorImages(x, y, tensor_transform(pre)), info)

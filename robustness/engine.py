@@ -180,10 +180,11 @@ def parse_attacks(spec: RunSpec) -> list[tuple[str, Any]]:
 
 
 class Evaluator:
-    """Runs a RunSpec against a store. Build it, then call `run()`; `log` receives one-line notes."""
+    """Runs a RunSpec against a store: `prepare()` loads and checks everything (no store needed), then
+    `run(store, prepared)`; `log` receives one-line notes."""
 
-    def __init__(self, spec: RunSpec, store: ResultStore, *, log: Callable[[str], None] = lambda s: None,
-                 progress: bool = False) -> None:
+    def __init__(self, spec: RunSpec, store: ResultStore | None = None, *,
+                 log: Callable[[str], None] = lambda s: None, progress: bool = False) -> None:
         self.spec, self.store, self.log, self.progress = spec, store, log, progress
         try:
             self.norm = canonical_norm(spec.norm)
@@ -272,8 +273,13 @@ class Evaluator:
         facts["device"] = self.device.type
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
-    def run(self) -> RunOutcome:
-        prepared = self.prepare()
+    def run(self, store: ResultStore | None = None, prepared: Sequence[Prepared] | None = None) -> RunOutcome:
+        """Evaluate into `store` (or the one given at construction). Pass `prepared` from `prepare()` to
+        validate all input before the store is even opened."""
+        self.store = store or self.store
+        if self.store is None:
+            raise ValueError("Evaluator.run needs a ResultStore")
+        prepared = list(prepared) if prepared is not None else self.prepare()
         key = self.run_key(prepared)
         existing = self.store.find_run(key)
         spec_json = self.spec.to_json()

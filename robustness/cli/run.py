@@ -104,14 +104,15 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if args.json:
         _check_writable(args.json)
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    evaluator = Evaluator(spec, log=log, progress=not args.quiet and sys.stderr.isatty())
+    prepared = evaluator.prepare()  # every input check happens before the store is opened
     try:
         store = ResultStore(args.db)
     except StoreError as e:
         raise UserError(str(e)) from None
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     with store:
-        evaluator = Evaluator(spec, store, log=log, progress=not args.quiet and sys.stderr.isatty())
-        outcome = evaluator.run()
+        outcome = evaluator.run(store, prepared)
         print(format_table(outcome.results))
         if not args.quiet:
             print(f"\nrun {outcome.run_id} stored in {args.db}")

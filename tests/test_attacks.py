@@ -1,0 +1,140 @@
+"""Attack contracts for FGSM and PGD, and PGD against torchattacks' PGD on the same examples."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks import FGSM, PGD, create_attack, project
+from attacks._core import random_start
+
+NORMS = ("linf", "l2")
+
+
+def _size(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    d = delta.flatten(1)
+    return d.abs().max(1).values if norm == "linf" else d.norm(dim=1)
+
+
+def _eps(norm: str) -> float:
+    return 0.1 if norm == "linf" else 0.5
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("make", [lambda n: FGSM(norm=n), lambda n: PGD(norm=n, steps=5),
+                                  lambda n: PGD(norm=n, steps=3, restarts=2, loss="margin"),
+                                  lambda n: PGD(norm=n, steps=3, loss="dlr", early_stop=False)])
+def test_perturbation_within_eps_and_box(digits, norm, make):
+    model, x, y = digits
+    eps = _eps(norm)
+    out = make(norm)(model, x[:64], y[:64], eps, seeds=torch.arange(64))
+    assert out.x_adv.shape == x[:64].shape
+    assert out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+    assert (_size(out.x_adv - x[:64], norm) <= eps + 1e-5).all()
+    assert out.fooled.any(), "a standard model must be fooled somewhere at this eps"
+    # `fooled` is true: each flagged example is misclassified at its x_adv
+    with torch.no_grad():
+        pred = model(out.x_adv).argmax(1)
+    assert (pred[out.fooled] != y[:64][out.fooled]).all()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("attack", [FGSM, PGD])
+def test_eps_zero_changes_nothing(digits, norm, attack):
+    model, x, y = digits
+    out = attack(norm=norm)(model, x[:32], y[:32], 0.0)
+    assert torch.equal(out.x_adv, x[:32])
+    assert not out.fooled.any() and out.forward == 0
+
+
+def test_fgsm_equals_one_pgd_step_without_random_start(digits):
+    model, x, y = digits
+    eps = 0.1
+    xs, ys = x[:100], y[:100]
+    fgsm = FGSM()(model, xs, ys, eps).x_adv
+    pgd = PGD(steps=1, step_size=eps, random_start=False, early_stop=False)(model, xs, ys, eps).x_adv
+    assert torch.equal(fgsm, pgd)
+    # and both equal the textbook step, computed here by hand
+    xr = xs.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(xr), ys, reduction="sum")
+    grad, = torch.autograd.grad(loss, xr)
+    manual = (xs + eps * grad.sign()).clamp(0, 1)
+    assert torch.allclose(fgsm, manual, atol=1e-6)
+
+
+@pytest.mark.parametrize("attack", [FGSM(), PGD(steps=2), PGD(steps=2, norm="l2")])
+def test_train_mode_and_requires_grad_restored(digits, attack):
+    model, x, y = digits
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        attack(model, x[:16], y[:16], 0.1)
+        assert model.training
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert all(p.grad is None for p in model.parameters()), "attacks must not accumulate parameter gradients"
+    finally:
+        model.eval()
+
+
+def test_restarts_never_lower_success(digits):
+    model, x, y = digits
+    seeds = torch.arange(len(y))
+    one = PGD(steps=3, restarts=1)(model, x, y, 0.1, seeds=seeds).fooled
+    three = PGD(steps=3, restarts=3)(model, x, y, 0.1, seeds=seeds).fooled
+    assert (three | ~one).all(), "every example fooled with 1 restart is fooled with 3 (same first start)"
+    assert three.sum() >= one.sum()
+
+
+def test_targeted_reaches_target(digits):
+    model, x, y = digits
+    target = (y + 1) % 10
+    out = PGD(steps=40, targeted=True)(model, x[:50], y[:50], 0.3, target=target[:50])
+    with torch.no_grad():
+        pred = model(out.x_adv).argmax(1)
+    hit = pred == target[:50]
+    assert torch.equal(hit, out.fooled)
+    assert hit.float().mean() > 0.8
+
+
+def test_random_starts_do_not_depend_on_batch_composition():
+    x = torch.rand(6, 3, 4, 4)
+    seeds = torch.arange(100, 106)
+    whole = random_start(x, 0.1, "linf", seeds)
+    part = random_start(x[2:5], 0.1, "linf", seeds[2:5])
+    assert torch.equal(whole[2:5], part)
+    l2 = random_start(x, 0.5, "l2", seeds)
+    assert (l2.flatten(1).norm(dim=1) <= 0.5 + 1e-6).all()
+
+
+def test_projection():
+    d = torch.randn(4, 3, 5, 5)
+    assert (project(d, 0.1, "linf").abs() <= 0.1).all()
+    p = project(d, 0.5, "l2")
+    assert torch.allclose(p.flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-5)
+    small = d * 1e-3
+    assert torch.equal(project(small, 0.5, "l2"), small * torch.clamp(0.5 / (small.flatten(1).norm(dim=1) + 1e-12), max=1).view(-1, 1, 1, 1))
+
+
+def test_registry_refuses_duplicates_and_filters_args():
+    from attacks import register_attack
+    with pytest.raises(ValueError):
+        register_attack("pgd", PGD, norms=("linf",), description="again")
+    fgsm = create_attack("fgsm", norm="l2", steps=7, restarts=3)  # FGSM ignores iteration options
+    assert isinstance(fgsm, FGSM) and fgsm.norm == "l2"
+    assert create_attack("pgd", steps=7).steps == 7
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1])
+def test_pgd_matches_torchattacks_pgd(digits, eps):
+    """Same model, examples, eps, steps and step size: robust accuracy within 1 point (ours may be lower:
+    it keeps the first fooling point, torchattacks returns the last iterate)."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = digits
+    steps, alpha = 10, 2.5 * eps / 10
+    torch.manual_seed(0)
+    theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
+    ours = PGD(steps=steps, step_size=alpha)(model, x, y, eps, seeds=torch.arange(len(y))).x_adv
+    with torch.no_grad():
+        acc_t = (model(theirs).argmax(1) == y).float().mean().item()
+        acc_o = (model(ours).argmax(1) == y).float().mean().item()
+    assert acc_o <= acc_t + 0.01, (acc_o, acc_t)
+    assert abs(acc_o - acc_t) <= 0.01, (acc_o, acc_t)
