@@ -206,6 +206,8 @@ def model_metadata(info: Mapping[str, Any]) -> dict[str, str | None]:
     if not (isinstance(paper_url, str) and paper_url.lower().startswith(("https://", "http://"))
             and not any(c.isspace() for c in paper_url)):
         paper_url = None  # only web links become links (never javascript: or file: URLs)
+    elif paper == paper_url:  # a bare link: show it without the scheme
+        paper = paper_url.split("://", 1)[1].rstrip("/")
     return {"arch": arch, "extra_data": _text(data), "paper": paper, "paper_url": paper_url}
 
 
