@@ -46,25 +46,81 @@ def _normalize(module: nn.Module, mean, std) -> nn.Module:
 # ---- our own checkpoints (the built-ins are such files) ----
 
 def from_own_checkpoint(blob: dict[str, Any], path: str, name: str, opts: ModelOptions) -> LoadedModel:
+    """Our checkpoint format. `arch` is a registry name, or (fine-tuned foreign models, written by
+    `robust-bench train`) `torchvision:NAME` / `robustbench:DATASET/THREAT/NAME`, re-created from that source
+    with the head the training put in (`arch_kwargs` num_classes and head), or `file:PATH:FACTORY`, which is
+    refused with the flags that load it (a checkpoint never imports code)."""
     arch = blob.get("arch")
-    if arch not in ARCHS:
-        raise UserError(f"{path} was written for architecture {arch!r}, which this robust-bench does not know")
     meta = dict(blob.get("meta") or {})
-    module = build_arch(arch, **dict(blob.get("arch_kwargs") or {}))
+    kwargs = dict(blob.get("arch_kwargs") or {})
+    if isinstance(arch, str) and arch in ARCHS:
+        module = build_arch(arch, **kwargs)
+    elif isinstance(arch, str) and arch.partition(":")[0] in _FOREIGN_ARCHS:
+        module = _rebuild_foreign(arch, kwargs, path, meta)
+    else:
+        raise UserError(f"{path} was written for architecture {arch!r}, which this robust-bench does not know")
     load_into(module, blob["state_dict"], path)
     mean, std = meta.get("mean"), meta.get("std")
     if opts.mean is not None or opts.std is not None:
         mean, std = opts.mean, opts.std
     module = _normalize(module, tuple(mean) if mean else None, tuple(std) if std else None)
     size = meta.get("input_size")
+    pre = meta.get("preprocess")
     info = ModelInfo(name=name, source="checkpoint", arch=arch, num_classes=meta.get("num_classes"),
                      in_channels=size[0] if size else None, input_size=tuple(size[1:]) if size else None,
                      mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
                      classes=tuple(meta["classes"]) if meta.get("classes") else None, dataset=meta.get("dataset"),
+                     preprocess=Preprocess(**pre) if isinstance(pre, dict) else None,
                      weights_sha256=state_dict_sha256(blob["state_dict"]), weights_path=str(path),
-                     extra={k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
-                                                                 "trained_with", "threat_model")})
+                     extra={**{k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
+                                                                    "trained_with", "threat_model")},
+                            "arch_kwargs": kwargs})
     return LoadedModel(module, info)
+
+
+_FOREIGN_ARCHS = ("torchvision", "robustbench", "file")
+
+
+def _rebuild_foreign(arch: str, kwargs: dict[str, Any], path: str, meta: dict[str, Any]) -> nn.Module:
+    """The architecture of a fine-tuned torchvision / RobustBench model, with the replaced head if any."""
+    kind, _, rest = arch.partition(":")
+    num_classes, head = kwargs.get("num_classes"), kwargs.get("head")
+    if kind == "file":
+        file, _, factory = rest.rpartition(":")
+        flags = f"--model {file}:{factory} --weights {path}"
+        if num_classes is not None:
+            flags += f" --num-classes {num_classes}"
+        if meta.get("mean") and meta.get("std"):
+            flags += " --mean " + ",".join(f"{v:g}" for v in meta["mean"]) + " --std " + \
+                     ",".join(f"{v:g}" for v in meta["std"])
+        raise UserError(f"{path} holds a model fine-tuned from {file}:{factory}, an architecture outside "
+                        f"robust-bench's registry, and a checkpoint never imports code: evaluate it with {flags}")
+    if kind == "torchvision":
+        import torchvision
+        try:
+            net = torchvision.models.get_model(rest, weights=None)
+        except Exception as e:  # noqa: BLE001 - unknown name in this torchvision version
+            raise UserError(f"{path} needs torchvision model {rest!r}, which this torchvision cannot build: "
+                            f"{e}") from None
+    else:
+        from attacks._compat import import_robustbench
+        board, _, model_name = rest.rpartition("/")
+        try:
+            dataset, threat = board.split("/")
+            import_robustbench()
+            from robustbench.model_zoo import model_dicts
+            from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+            net = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][model_name]["model"]()
+        except ImportError as e:
+            raise UserError(f"{path} needs RobustBench's {model_name} architecture: {e}") from None
+        except (KeyError, ValueError):
+            raise UserError(f"{path} needs RobustBench model {rest!r}, which this robustbench does not know") from None
+    if head and num_classes is not None:
+        layer = net.get_submodule(head)
+        if isinstance(layer, nn.Linear) and layer.out_features != num_classes:
+            from defenses.finetune import replace_head
+            replace_head(net, int(num_classes), head)
+    return net
 
 
 def from_file(path: str, opts: ModelOptions) -> LoadedModel:
@@ -80,7 +136,7 @@ def from_file(path: str, opts: ModelOptions) -> LoadedModel:
         return _scripted(module, name, "torchscript", p, opts)
     if kind == "export":
         try:
-            module = torch.export.load(str(p)).module()
+            module = _TracedGraph(torch.export.load(str(p)).module())
         except Exception as e:  # noqa: BLE001
             raise UserError(f"cannot load torch.export model {p}: {e}") from None
         return _scripted(module, name, "export", p, opts)
@@ -90,6 +146,22 @@ def from_file(path: str, opts: ModelOptions) -> LoadedModel:
     if isinstance(blob, nn.Module):  # only reachable with --unsafe-load
         return _scripted(blob, name, "pickle", p, opts)
     raise UserError(f"{p} holds weights but no architecture; pass --model path/to/arch.py:factory --weights {p}")
+
+
+class _TracedGraph(nn.Module):
+    """Holds a torch.export graph module, whose mode was fixed when it was exported (it refuses
+    .eval()/.train()): switching modes on the holder leaves the graph alone."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def train(self, mode: bool = True) -> "_TracedGraph":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
 
 
 def _scripted(module: nn.Module, name: str, source: str, path: Path, opts: ModelOptions) -> LoadedModel:
