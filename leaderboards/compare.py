@@ -2,8 +2,8 @@
 
 For every threat (and clean accuracy) both runs measured, on per-example outcomes:
   - the change in accuracy, candidate minus baseline, in percentage points;
-  - a 95% interval for that paired difference (Newcombe's hybrid score interval for paired proportions,
-    method 10 of Newcombe 1998, Stat. Med. 17:2635; it stays inside [-1, 1] and behaves at 0 and n);
+  - a 95% interval for that paired difference (Tango's score interval for paired proportions, Tango 1998,
+    Stat. Med. 17:891; it stays inside [-1, 1] and behaves at 0 and n);
   - the exact McNemar test: under "no difference" the discordant examples (right in one run, wrong in
     the other) split like fair coin flips, so the two-sided p-value is a binomial tail.
 
@@ -60,23 +60,43 @@ def mcnemar_exact(losses: int, gains: int) -> float:
     return min(1.0, 2 * tail / (1 << m))
 
 
+def _tango_z(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic for H0: p1 - p2 = delta, with b = 1-only and c = 2-only discordant counts."""
+    a_ = 2 * n
+    b_ = -b - c + (2 * n - b + c) * delta
+    c_ = -c * delta * (1 - delta)
+    q21 = (math.sqrt(max(0.0, b_ * b_ - 4 * a_ * c_)) - b_) / (2 * a_)   # constrained MLE of P(2-only)
+    var = n * (2 * q21 + delta * (1 - delta))
+    num = b - c - n * delta
+    if var <= 0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
 def paired_difference_ci(both: int, base_only: int, cand_only: int, neither: int,
                          z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% interval for p_candidate - p_baseline from paired outcomes (Newcombe's method 10)."""
+    """95% interval for p_candidate - p_baseline from paired outcomes: Tango's score interval (Tango 1998,
+    Stat. Med. 17:891), which stays inside [-1, 1] and does not collapse to a point when no example
+    changed (unlike Wald or Newcombe's hybrid intervals)."""
     n = both + base_only + cand_only + neither
     if n == 0:
         return (-1.0, 1.0)
-    p1, p2 = (both + cand_only) / n, (both + base_only) / n   # candidate, baseline
-    l1, u1 = wilson_interval(both + cand_only, n, z)
-    l2, u2 = wilson_interval(both + base_only, n, z)
-    # phi: the correlation of the paired outcomes; 0 when a margin is empty
-    r1, r2, c1, c2 = both + cand_only, base_only + neither, both + base_only, cand_only + neither
-    denom = r1 * r2 * c1 * c2
-    phi = (both * neither - cand_only * base_only) / math.sqrt(denom) if denom > 0 else 0.0
-    d = p1 - p2
-    delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    eps = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
-    return (max(-1.0, d - delta), min(1.0, d + eps))
+    b, c = cand_only, base_only
+    est = (b - c) / n
+
+    def solve(lo: float, hi: float, target: float) -> float:
+        # Z decreases in delta: find Z(delta) = target on [lo, hi]
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            if _tango_z(b, c, n, mid) > target:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+    edge = 1 - 1e-12
+    lower = -1.0 if _tango_z(b, c, n, -edge) <= z else solve(-edge, est, z)
+    upper = 1.0 if _tango_z(b, c, n, edge) >= -z else solve(est, edge, -z)
+    return (max(-1.0, min(lower, est)), min(1.0, max(upper, est)))
 
 
 # ---- loading per-example outcomes ----
@@ -333,7 +353,8 @@ def to_markdown(cmp: Comparison) -> str:
              f"{cmp.n} examples of {_md(cmp.dataset)}. Gate: {gate}.", ""]
     head = (["Baseline model", "Candidate model"] if multi else ["Model"]) + \
         ["Threat", "Baseline %", "Candidate %", "Change (pp)", "95% CI (pp)", "Gains / losses", "McNemar p", "Result"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    align = [":---"] * (len(head) - 7) + ["---:"] * 6 + [":---"]
+    lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
     for r in cmp.rows:
         models = [_md(r.baseline_model), _md(r.candidate_model)] if multi else [_md(r.candidate_model)]
         res = verdict(r, cmp)
@@ -353,8 +374,9 @@ def _code(text: str) -> str:
 def to_junit(cmp: Comparison) -> str:
     """JUnit XML: one testcase per (model, threat); a failed gate is a <failure>."""
     cases = []
+    pairs = {(r.baseline_model, r.candidate_model) for r in cmp.rows}
     for r in cmp.rows:
-        name = r.label if r.baseline_model == r.candidate_model else f"{r.baseline_model} -> {r.candidate_model}: {r.label}"
+        name = r.label if len(pairs) == 1 else f"{r.baseline_model} -> {r.candidate_model}: {r.label}"
         summary = (f"{100 * r.baseline:.1f}% -> {100 * r.candidate:.1f}% ({_pp(r.change)} pp, 95% CI "
                    f"[{_pp(r.ci95[0])}, {_pp(r.ci95[1])}], McNemar p={_p(r.p_value)}, n={r.n})")
         body = f"<system-out>{xml_escape(summary)}</system-out>"
