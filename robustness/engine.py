@@ -249,8 +249,8 @@ class Evaluator:
         try:
             with torch.no_grad():
                 logits = p.model.module(x)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
+        except Exception as e:  # noqa: BLE001 - shape errors surface as RuntimeError, AssertionError, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"model {p.label} cannot take data set {dinfo.name}'s images "
                             f"({dinfo.channels} channels, {tuple(x.shape[2:])} pixels): {first}") from None
         if logits.dim() != 2:

@@ -85,6 +85,11 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         alt = {k[6:]: v for k, v in state.items()}
         if set(alt) == target:
             state = alt
+    # BatchNorm's step counter postdates many published checkpoints and never affects eval outputs
+    current = module.state_dict()
+    for k in target - set(state):
+        if k.endswith("num_batches_tracked"):
+            state[k] = current[k]
     missing, unexpected = sorted(target - set(state)), sorted(set(state) - target)
     if missing or unexpected:
         parts = []

@@ -45,7 +45,13 @@ def registered_models() -> list[ModelEntry]:
 
 
 def create_model(spec: str, opts: ModelOptions | None = None) -> LoadedModel:
-    opts = opts or ModelOptions()
+    """Resolve `spec` (see the module docstring) to a model in eval mode that takes [0, 1] pixels."""
+    loaded = _create(spec, opts or ModelOptions())
+    loaded.module.eval()
+    return loaded
+
+
+def _create(spec: str, opts: ModelOptions) -> LoadedModel:
     spec = spec.strip()
     if not spec:
         raise UserError("empty model name")
