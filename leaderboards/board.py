@@ -12,9 +12,11 @@ that supplied its cells; `BoardRow.runs` lists every run that did.
 Order
 -----
 Rows are sorted by their worst case, best first: the accuracy under a stored `worst-case` attack when the
-row has one, otherwise the lowest accuracy across the threats shown. Rows missing some shown threat come
-after the complete rows (their worst case is over fewer threats, so it would flatter them). Ties keep
-the order of (model, data set) names.
+row has one, otherwise the lowest accuracy across the threats shown. A board of corruptions only (attacks
+`corruption:NAME`, eps = severity) is sorted by the mean accuracy over its corruptions and severities
+instead, the usual corruption-robustness summary (the worst case there is one corruption at severity 5).
+Rows missing some shown threat come after the complete rows (their summary is over fewer threats, so it
+would flatter them). Ties keep the order of (model, data set) names.
 
 Only the `results` aggregates are read (never the per-example rows), so a board over a large store is fast.
 """
@@ -80,6 +82,8 @@ class BoardRow:
     cells: Mapping[Threat, Cell]
     worst: float | None
     complete: bool
+    mean: float | None
+    score: float | None                          # what rows are sorted by: worst, or mean for corruptions
     runs: tuple[str, ...]
     arch: str | None = None
     extra_data: str | None = None
@@ -95,6 +99,14 @@ class Board:
     protocol: Protocol | None = None
     left_out: tuple[LeftOut, ...] = ()
     unfinished_runs: int = 0
+
+    @property
+    def corruptions_only(self) -> bool:
+        return bool(self.threats) and all(t.corruption for t in self.threats)
+
+    @property
+    def score_title(self) -> str:
+        return "Mean over corruptions" if self.corruptions_only else "Worst case"
 
     @property
     def labels(self) -> dict[Threat, str]:
@@ -239,14 +251,17 @@ def board_from_selection(sel: Selection, protocol: Protocol | None = None) -> Bo
             continue
         wc = [c.accuracy for t, c in cells.items() if t.attack == WORST_CASE]
         worst = min(wc) if wc else min(c.accuracy for c in cells.values())
+        mean = sum(c.accuracy for c in cells.values()) / len(cells)
+        corr_only = all(t.corruption for t in threats)
         info = sel.infos.get((newest.run_id, model), {})
         runs = tuple(sorted({c.run_id for c in cells.values()}, key=lambda rid: -sel.order[rid]))
         k = round(newest.clean_accuracy * newest.n)
         rows.append(BoardRow(rank=0, model=model, dataset=dataset, n=newest.n,
                              clean_accuracy=newest.clean_accuracy, clean_ci95=wilson_interval(k, newest.n),
-                             cells=cells, worst=worst, complete=len(cells) == len(threats), runs=runs,
+                             cells=cells, worst=worst, complete=len(cells) == len(threats), mean=mean,
+                             score=mean if corr_only else worst, runs=runs,
                              info=info, **model_metadata(info)))
-    rows.sort(key=lambda r: (not r.complete, -(r.worst if r.worst is not None else -1.0)))
+    rows.sort(key=lambda r: (not r.complete, -(r.score if r.score is not None else -1.0)))
     from dataclasses import replace
     ranked = tuple(replace(r, rank=i + 1) for i, r in enumerate(rows))
     return Board(threats, ranked, protocol, sel.left_out, sel.unfinished_runs)

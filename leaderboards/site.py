@@ -30,7 +30,7 @@ from .board import Board, BoardRow, Filters, board_from_selection, model_metadat
 from .protocols import Protocol
 from .stats import wilson_interval
 from .store import ResultStore, RunRecord
-from .tables import board_json, html_table, interval, pct, title
+from .tables import board_json, html_table, interval, pct, sorted_by, title
 from .threats import threat_labels, Threat
 
 
@@ -256,7 +256,7 @@ def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filter
     threats_txt = ", ".join(board.labels[t] for t in board.threats) or "none"
     intro = [f"<h1>{e(page_title)}</h1>",
              f'<p class="note">{len(board.rows)} models; threats: {e(threats_txt)}. Accuracy % with its 95% '
-             "Wilson interval in brackets. Rows are ranked by the worst case over the threats shown; click a "
+             f"Wilson interval in brackets. Rows are ranked by {sorted_by(board)}; click a "
              "column heading to sort, type to filter.</p>"]
     if board.protocol is not None:
         p = board.protocol

@@ -45,6 +45,12 @@ def title(board: Board) -> str:
     return f"Robust accuracy, {ds}"
 
 
+def sorted_by(board: Board) -> str:
+    if board.corruptions_only:
+        return "the mean accuracy over the corruptions and severities shown"
+    return "the worst case over the threats shown"
+
+
 def _cell_text(row: BoardRow, t: Threat) -> str | None:
     c = row.cells.get(t)
     return None if c is None else f"{pct(c.accuracy)} {interval(c.ci95)}"
@@ -65,10 +71,10 @@ def to_markdown(board: Board) -> str:
     labels = board.labels
     cols = _columns(board)
     head = ["Rank", "Model"] + [_TITLES[c] for c in cols] + ["n", "Clean %"] + \
-        [f"{md_escape(labels[t])} %" for t in board.threats] + ["Worst case %"]
+        [f"{md_escape(labels[t])} %" for t in board.threats] + [f"{board.score_title} %"]
     align = ["---:", ":---"] + [":---"] * len(cols) + ["---:"] * (2 + len(board.threats) + 1)
     lines = [f"### {md_escape(title(board))}", "",
-             "Accuracy % [95% Wilson interval]; rows sorted by the worst case over the threats shown.", "",
+             f"Accuracy % [95% Wilson interval]; rows sorted by {sorted_by(board)}.", "",
              "| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
     for r in board.rows:
         meta = []
@@ -78,7 +84,7 @@ def to_markdown(board: Board) -> str:
             else:
                 meta.append(md_escape(getattr(r, c) or ""))
         cells = [_cell_text(r, t) or "—" for t in board.threats]
-        worst = pct(r.worst) + ("" if r.complete else " (partial)") if r.worst is not None else "—"
+        worst = pct(r.score) + ("" if r.complete else " (partial)") if r.score is not None else "—"
         lines.append("| " + " | ".join([str(r.rank), md_escape(r.model)] + meta +
                                        [str(r.n), f"{pct(r.clean_accuracy)} {interval(r.clean_ci95)}"] +
                                        cells + [worst]) + " |")
@@ -96,7 +102,7 @@ def to_csv(board: Board) -> str:
             "clean_ci_high"]
     for t in board.threats:
         head += [labels[t], f"{labels[t]} ci_low", f"{labels[t]} ci_high"]
-    head += ["worst_case", "complete", "runs"]
+    head += ["worst_case", "mean", "complete", "runs"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -107,7 +113,7 @@ def to_csv(board: Board) -> str:
         for t in board.threats:
             c = r.cells.get(t)
             row += [f(c.accuracy), f(c.ci95[0]), f(c.ci95[1])] if c else ["", "", ""]
-        row += [f(r.worst), "yes" if r.complete else "no", " ".join(r.runs)]
+        row += [f(r.worst), f(r.mean), "yes" if r.complete else "no", " ".join(r.runs)]
         w.writerow([_csv_safe(v) for v in row])
     return buf.getvalue()
 
@@ -143,7 +149,7 @@ def to_latex(board: Board) -> str:
     labels = board.labels
     cols = _columns(board)
     head = ["\\#", "Model"] + [_TITLES[c] for c in cols] + ["Clean"] + \
-        [tex_escape(labels[t]) for t in board.threats] + ["Worst case"]
+        [tex_escape(labels[t]) for t in board.threats] + [board.score_title]
     spec = "r" + "l" * (1 + len(cols)) + "r" * (len(board.threats) + 2)
     out = [f"% {tex_escape(title(board))}: accuracy % [95% Wilson interval]",
            f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
@@ -162,7 +168,7 @@ def to_latex(board: Board) -> str:
                 return "--"
             return f"{pct(acc)} {{\\scriptsize [{pct(ci[0])}, {pct(ci[1])}]}}"
         cells = [cell(r.cells[t].accuracy, r.cells[t].ci95) if t in r.cells else "--" for t in board.threats]
-        worst = "--" if r.worst is None else pct(r.worst) + ("" if r.complete else "$^*$")
+        worst = "--" if r.score is None else pct(r.score) + ("" if r.complete else "$^*$")
         out.append(" & ".join([str(r.rank), tex_escape(r.model)] + meta +
                               [cell(r.clean_accuracy, r.clean_ci95)] + cells + [worst]) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
@@ -179,7 +185,7 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
     cols = _columns(board)
     head = [("rank", "#", "num"), ("model", "Model", "text")] + [(c, _TITLES[c], "text") for c in cols] + \
         [("n", "n", "num"), ("clean", "Clean %", "num")] + \
-        [(f"t{i}", f"{labels[t]} %", "num") for i, t in enumerate(board.threats)] + [("worst", "Worst case %", "num")]
+        [(f"t{i}", f"{labels[t]} %", "num") for i, t in enumerate(board.threats)] + [("worst", f"{board.score_title} %", "num")]
     out = [f'<table id="{e(table_id)}" class="leaderboard">', "<thead><tr>"]
     out += [f'<th data-key="{e(k)}" data-type="{typ}" scope="col"{" class=text" if typ == "text" else ""}>{e(text)}</th>'
             for k, text, typ in head]
@@ -209,7 +215,7 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
             else:
                 tds.append(f'<td data-sort="{num(c.accuracy)}">{pct(c.accuracy)} '
                            f'<span class="ci">{interval(c.ci95)}</span></td>')
-        tds.append(f'<td data-sort="{num(r.worst)}">{"—" if r.worst is None else pct(r.worst)}'
+        tds.append(f'<td data-sort="{num(r.score)}">{"—" if r.score is None else pct(r.score)}'
                    f'{"" if r.complete else " <span class=partial>(partial)</span>"}</td>')
         out.append(f'<tr data-rank="{r.rank}" data-model="{e(r.model)}">' + "".join(tds) + "</tr>")
     out += ["</tbody>", "</table>"]
@@ -223,8 +229,8 @@ def to_html(board: Board) -> str:
             f"<title>{t}</title>\n<style>table{{border-collapse:collapse;font-family:sans-serif}}"
             "th,td{border:1px solid #ccc;padding:4px 8px}td{text-align:right}td.model{text-align:left}"
             ".ci{color:#666;font-size:85%}</style>\n</head>\n<body>\n"
-            f"<h1>{t}</h1>\n<p>Accuracy % [95% Wilson interval]; sorted by the worst case over the threats "
-            "shown.</p>\n" + html_table(board) + "</body>\n</html>\n")
+            f"<h1>{t}</h1>\n<p>Accuracy % [95% Wilson interval]; sorted by {sorted_by(board)}.</p>\n"
+            + html_table(board) + "</body>\n</html>\n")
 
 
 # ---- JSON ----
@@ -240,7 +246,7 @@ def board_json(board: Board) -> dict[str, Any]:
                   "threats": {labels[t]: {"accuracy": c.accuracy, "ci95": list(c.ci95), "n": c.n,
                                           "run_id": c.run_id}
                               for t in board.threats if (c := r.cells.get(t)) is not None},
-                  "worst_case": r.worst, "complete": r.complete, "runs": list(r.runs)} for r in board.rows],
+                  "worst_case": r.worst, "mean": r.mean, "complete": r.complete, "runs": list(r.runs)} for r in board.rows],
         "left_out": [{"run_id": x.run_id, "model": x.model, "reason": x.reason} for x in board.left_out],
     }
 

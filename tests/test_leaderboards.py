@@ -451,3 +451,18 @@ def test_leaderboards_never_imports_robustness():
     for path in (ROOT / "leaderboards").glob("*.py"):
         src = path.read_text()
         assert "import robustness" not in src and "from robustness" not in src, path
+
+
+def test_corruption_boards_rank_by_the_mean(tmp_path):
+    """Corruptions only: sorted by the mean over corruptions and severities, not by the single worst cell."""
+    with ResultStore(tmp_path / "c.db") as s:
+        add_run(s, "r1", "2026-01-01T00:00:00+0000", {
+            "steady": {"clean": 20, "attacks": {"corruption:fog": [12, 12, 12], "corruption:snow": [12, 12, 12]}},
+            "fragile": {"clean": 20, "attacks": {"corruption:fog": [20, 20, 20], "corruption:snow": [20, 20, 10]}},
+        }, eps=(1, 2, 3))
+        board = build_board(s)
+    assert board.corruptions_only and board.score_title == "Mean over corruptions"
+    assert [r.model for r in board.rows] == ["fragile", "steady"]      # means 0.917 vs 0.6; worst 0.5 vs 0.6
+    assert [board.labels[t] for t in board.threats][:2] == ["corruption:fog@1", "corruption:fog@2"]
+    from leaderboards.tables import render
+    assert "Mean over corruptions %" in render(board, "md")
