@@ -6,8 +6,8 @@ Everything works on float NCHW pixels in [0, 1]; normalization lives inside the 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -157,8 +157,47 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 @dataclass(frozen=True)
 class AttackOutput:
     """What an attack returns: the adversarial inputs, which it believes fooled the model, and its cost
-    in example-passes (one forward of a batch of n counts n)."""
+    in example-passes (one forward of a batch of n counts n).
+
+    `details` (optional) carries whatever an attack wants to report beyond that, e.g. a composite
+    attack's per-sub-attack breakdown: {"sub_attacks": [{"name", "seconds", "forward", "backward",
+    "attacked", "fooled"}, ...]}. Plain data only (str/int/float/bool/list/dict), so it can go to JSON."""
     x_adv: torch.Tensor
     fooled: torch.Tensor
     forward: int
     backward: int
+    details: dict[str, Any] | None = field(default=None, compare=False)
+
+
+class PassCounter(torch.nn.Module):
+    """Wraps a model and counts example-passes through it: `forward` grows by the batch size of every
+    call; `backward` by the batch size of every backward pass that reaches the model's output.
+
+    Backward passes are counted with a tensor hook on the output (registered only when autograd records
+    the call): it fires once per `backward()`/`autograd.grad` that flows through the output, so an attack
+    that back-propagates K different output gradients through one forward (FAB's per-class Jacobian)
+    is charged K backward passes, as it pays for them. A backward that reaches only some rows of the
+    output is still charged the whole batch (the kernels run on it). This is how third-party attacks,
+    which do not report their cost, are measured; our own attacks count their passes directly."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_count = 0
+        self.backward_count = 0
+
+    def _count_backward(self, n: int) -> Callable[[torch.Tensor], None]:
+        def hook(_grad: torch.Tensor) -> None:
+            self.backward_count += n
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        n = int(x.shape[0]) if x.dim() else 1
+        self.forward_count += n
+        if torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(self._count_backward(n))
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        return self.forward_count, self.backward_count

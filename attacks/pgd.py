@@ -6,7 +6,12 @@ Norm: L-inf or L2.
 Arguments:
     norm: "linf" or "l2".
     steps: ascent steps per restart (10).
-    step_size: absolute step; default 2.5 * eps / steps (the paper's rule of thumb).
+    step_size: absolute step; default 2.5 * eps / steps (the paper's rule of thumb). With a decaying
+        schedule it is the first step, and the default doubles (5 * eps / steps), so that the steps add
+        up to about the same distance as the constant schedule's.
+    schedule: how the step size changes over the steps of a restart (t = 0 .. steps-1):
+        "constant" (the paper), "cosine" (step_size * (1 + cos(pi t / steps)) / 2), or "step" (halved
+        after half and after three quarters of the steps).
     restarts: random restarts; each runs only on examples no earlier restart fooled (1).
     random_start: start from a uniform draw in the eps-ball (True).
     loss: "ce", "margin" (Carlini-Wagner) or "dlr" ("ce").
@@ -20,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,10 +34,26 @@ from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, c
                     get_loss, project, random_start)
 
 
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def step_schedule(step_size: float, steps: int, schedule: str = "constant") -> list[float]:
+    """The step size of each of `steps` steps under a schedule (see the module docstring)."""
+    if schedule == "constant":
+        return [step_size] * steps
+    if schedule == "cosine":
+        return [step_size * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
+    if schedule == "step":
+        return [step_size * (0.25 if t >= 0.75 * steps else 0.5 if t >= 0.5 * steps else 1.0) for t in range(steps)]
+    raise ValueError(f"unknown step-size schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
+
+
 def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str, steps: int,
             step_size: float, loss: str = "ce", targeted: bool = False, target: torch.Tensor | None = None,
-            start: torch.Tensor | None = None, early_stop: bool = True, verify: bool = True) -> AttackOutput:
-    """The ascent loop FGSM and PGD share. `start` is the initial perturbation (zeros if None).
+            start: torch.Tensor | None = None, early_stop: bool = True, verify: bool = True,
+            schedule: str = "constant") -> AttackOutput:
+    """The ascent loop FGSM and PGD share. `start` is the initial perturbation (zeros if None);
+    `schedule` varies the step size over the steps, starting at `step_size`.
     verify=False skips the forward pass that checks the last iterate (a caller that re-checks every
     output anyway, like the engine, saves it): `fooled` then counts only what the loop saw."""
     loss_fn = get_loss(loss)
@@ -45,12 +67,13 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     x0, g0 = x, goal
     delta = torch.zeros_like(x) if start is None else start.clone()
     fwd = bwd = 0
+    sizes = step_schedule(step_size, steps, schedule)
 
     def hit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pred = logits.argmax(1)
         return pred == labels if targeted else pred != labels
 
-    for _ in range(steps):
+    for t in range(steps):
         xa = (x0 + delta).detach().requires_grad_(True)
         logits = model(xa)
         fwd += xa.shape[0]
@@ -70,7 +93,7 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
             value = -value
         grad, = torch.autograd.grad(value.sum(), xa)
         bwd += xa.shape[0]
-        delta = delta + step_size * ascent_direction(grad, norm)
+        delta = delta + sizes[t] * ascent_direction(grad, norm)
         delta = clip_to_box(x0, project(delta, eps, norm)).detach()
         if early_stop:
             active, x0, g0, delta = active[keep], x0[keep], g0[keep], delta[keep]
@@ -99,6 +122,7 @@ class PGD:
     loss: str = "ce"
     targeted: bool = False
     early_stop: bool = True
+    schedule: str = "constant"
 
     name = "pgd"
 
@@ -111,9 +135,14 @@ class PGD:
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
         get_loss(self.loss)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown step-size schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
 
     def step_for(self, eps: float) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
+        """The (first) step size at eps."""
+        if self.step_size is not None:
+            return self.step_size
+        return (2.5 if self.schedule == "constant" else 5.0) * eps / self.steps
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, target: torch.Tensor | None = None,
@@ -138,7 +167,8 @@ class PGD:
                 out = iterate(model, xs, y[todo], eps, norm=self.norm, steps=self.steps,
                               step_size=self.step_for(eps), loss=self.loss, targeted=self.targeted,
                               target=None if target is None else target[todo], start=start,
-                              early_stop=self.early_stop, verify=verify or r < self.restarts - 1)
+                              early_stop=self.early_stop, verify=verify or r < self.restarts - 1,
+                              schedule=self.schedule)
                 fwd, bwd = fwd + out.forward, bwd + out.backward
                 # keep the best per example: a fooling point once found is never replaced
                 newly = out.fooled

@@ -8,6 +8,10 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .apgd import APGD, APGDT
+from .autoattack import AutoAttack, SquareFromPackage
+from .autoattack_package import AutoAttackPackage
+from .fab import FAB
 from .fgsm import FGSM
 from .pgd import PGD
 
@@ -76,3 +80,26 @@ register_attack("fgsm", FGSM, norms=("linf", "l2"),
                 description="Fast gradient sign method, one step of size eps (Goodfellow et al. 2015)")
 register_attack("pgd", PGD, norms=("linf", "l2"),
                 description="Projected gradient descent with restarts (Madry et al. 2018)")
+register_attack("apgd", APGD, norms=("linf", "l2"),
+                description="Auto-PGD: step-size-free PGD with momentum, CE/DLR loss (Croce & Hein 2020)")
+register_attack("apgd-t", APGDT, norms=("linf", "l2"),
+                description="APGD on the targeted DLR loss against the top-k other classes (Croce & Hein 2020)")
+register_attack("fab", FAB, norms=("linf", "l2"),
+                description="Fast adaptive boundary attack; targeted=True for FAB-T (Croce & Hein 2020)")
+register_attack("square", SquareFromPackage, norms=("linf", "l2"), white_box=False,
+                description="Square attack, score-based black box (Andriushchenko et al. 2020; the AutoAttack "
+                            "package's implementation)")
+register_attack("autoattack", AutoAttack, norms=("linf", "l2"),
+                description="AutoAttack, our implementation: APGD-CE, APGD-T, FAB-T, Square, worst case per "
+                            "example (Croce & Hein 2020); version=standard|plus|rand")
+register_attack("autoattack-package", AutoAttackPackage, norms=("linf", "l2"),
+                description="AutoAttack, the reference package (pyautoattack) called as it is; version=standard|plus|rand")
+
+
+def _torchattacks(name: str) -> AttackEntry:
+    """torchattacks:NAME, resolved on first use (torchattacks is imported only then)."""
+    from .torchattacks_adapter import resolve
+    return resolve(name)
+
+
+register_resolver("torchattacks", _torchattacks)
