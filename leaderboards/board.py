@@ -233,13 +233,11 @@ def board_from_selection(sel: Selection, protocol: Protocol | None = None) -> Bo
     for (model, dataset, threat), r in sel.chosen.items():
         by_row.setdefault((model, dataset), {})[threat] = r
     if protocol is not None:
+        # the protocol's order (attacks as listed, eps ascending); results were already limited to its
+        # threats, with its eps spelling; corruption protocols name no norm, so take the stored one
         present = {t for cells in by_row.values() for t in cells}
-        threats = tuple(t for t in protocol.threats if t in present) or tuple(protocol.threats)
-        threats = tuple(Threat(t.attack, t.norm, t.eps) for t in threats)
-        # protocol threats without a norm (corruptions) take the stored one
-        if any(not t.norm for t in threats):
-            threats = tuple(sorted(present, key=lambda t: (
-                [a.name for a in protocol.attacks].index(t.attack), t.eps)))
+        names = [a.name for a in protocol.attacks]
+        threats = tuple(sorted(present, key=lambda t: (names.index(t.attack), t.eps, t.norm)))
     else:
         threats = tuple(sorted({t for cells in by_row.values() for t in cells}, key=_threat_sort_key))
     rows = []

@@ -466,3 +466,13 @@ def test_corruption_boards_rank_by_the_mean(tmp_path):
     assert [board.labels[t] for t in board.threats][:2] == ["corruption:fog@1", "corruption:fog@2"]
     from leaderboards.tables import render
     assert "Mean over corruptions %" in render(board, "md")
+
+
+def test_protocol_examples_are_the_engines():
+    """A protocol restates the engine's example choice (leaderboards cannot import robustness): keep them equal."""
+    from robustness.data import select_indices
+    for name in protocol_names():
+        p = load_protocol(name)
+        if p.dataset_size:
+            assert np.array_equal(p.expected_indices(),
+                                  select_indices(p.dataset_size, p.n_examples, p.subset, p.seed)), name
