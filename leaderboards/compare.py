@@ -26,7 +26,6 @@ from xml.sax.saxutils import escape as xml_escape, quoteattr
 import numpy as np
 
 from .records import outcomes_at
-from .stats import wilson_interval
 from .store import ResultStore, StoreError
 from .threats import Threat, same_eps, threat_labels
 

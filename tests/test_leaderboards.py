@@ -414,7 +414,7 @@ def test_plots_are_images_of_the_requested_size(cli, corruption_db, tmp_path, ki
 
 def test_plot_reads_the_corruption_convention(corruption_db):
     from leaderboards.board import select
-    from leaderboards.curves import _corruption_data, plot_eps
+    from leaderboards.curves import _corruption_data
     with ResultStore(corruption_db) as s:
         sel = select(s)
     data, shown = _corruption_data(sel, [("robust-net", "toy"), ("plain-net", "toy")])

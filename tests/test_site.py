@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from leaderboards import ResultStore
 from leaderboards.site import json_for_script, model_slug
 
 from .test_leaderboards import build_fixed_store, png_size
