@@ -17,7 +17,7 @@ training forward once for all inputs, so DistributedDataParallel sees one forwar
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +50,10 @@ class Recipe:
         d = {k: v for k, v in asdict(self).items() if k != "scale_attack_loss"}
         return {"defense": self.name, **d}
 
+    def scaled(self, fraction: float) -> "Recipe":
+        """The recipe with eps (and step size) times `fraction` (eps warm-up); itself when there is no eps."""
+        return self
+
 
 @dataclass(frozen=True)
 class Standard(Recipe):
@@ -66,6 +70,15 @@ class _Threat(Recipe):
         check_eps(self.eps, self.norm)
         if self.eps <= 0:
             raise ValueError(f"{self.name} training needs eps > 0, got {self.eps}")
+
+    def scaled(self, fraction: float) -> "Recipe":
+        if fraction >= 1.0:
+            return self
+        fraction = max(fraction, 1e-6)
+        changes: dict[str, Any] = {"eps": self.eps * fraction}
+        if getattr(self, "step_size", None) is not None:
+            changes["step_size"] = self.step_size * fraction  # type: ignore[attr-defined]
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

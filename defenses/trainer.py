@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: str | None = None       # a torch.compile backend ("inductor"), or None
     head: str | None = None          # dotted name of the classifier head (fine-tuning)
     backbone_lr_mult: float = 1.0    # rate of non-head parameters relative to `lr`
     train_backbone: bool = True      # False: linear probing; the whole model stays in eval mode
@@ -73,6 +73,7 @@ class TrainConfig:
     val_norm: str = "linf"
     val_steps: int = 10
     select_by: str = "pgd"
+    eps_warmup: float = 0.0          # epochs over which the training eps ramps linearly from 0 to eps
     eval_batch_size: int = 256
 
     def check(self) -> None:
@@ -92,6 +93,8 @@ class TrainConfig:
             raise TrainingError(f"select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if not self.backbone_lr_mult >= 0:
             raise TrainingError(f"backbone lr multiplier must be >= 0, got {self.backbone_lr_mult}")
+        if not self.eps_warmup >= 0:
+            raise TrainingError(f"eps warm-up must be >= 0 epochs, got {self.eps_warmup}")
         if self.val_steps < 1:
             raise TrainingError(f"validation steps must be >= 1, got {self.val_steps}")
         LRFactor(self.schedule, 1)
@@ -320,8 +323,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             train_fwd = DDP(train_fwd, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         if cfg.compile:
-            train_fwd = torch.compile(train_fwd)
-            attack_net = torch.compile(attack_net)
+            train_fwd = torch.compile(train_fwd, backend=cfg.compile)
+            attack_net = torch.compile(attack_net, backend=cfg.compile)
         opt = self._optimizer(net)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, LRFactor(cfg.schedule, self.steps_per_epoch * cfg.epochs))
         scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16" and d.device.type == "cuda")
@@ -382,9 +385,12 @@ class Trainer:
             x = augment(x, cfg.augment, rnd)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            inputs = self.recipe.inputs(attack_net, x, y, rnd)
+            recipe = self.recipe
+            if cfg.eps_warmup > 0:
+                recipe = recipe.scaled((epoch * self.steps_per_epoch + step + 1) / (cfg.eps_warmup * self.steps_per_epoch))
+            inputs = recipe.inputs(attack_net, x, y, rnd)
             outputs = train_fwd(*inputs)
-            loss, logits = self.recipe.loss(outputs, y)
+            loss, logits = recipe.loss(outputs, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -97,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--step-size", help="inner attack step, fractions accepted (fgsm: 1.25*eps; pgd/trades: "
                                        "2.5*eps/steps)")
     a.add_argument("--beta", type=float, help="TRADES robustness weight (default: 6)")
+    a.add_argument("--eps-warmup", type=float, default=0.0, metavar="EPOCHS",
+                   help="ramp the training eps (and step) linearly from 0 over this many epochs (default: 0); "
+                        "helps large budgets such as MNIST at 0.3 start learning")
     o = p.add_argument_group("optimization")
     o.add_argument("--epochs", type=positive_int, default=10, help="epochs (default: 10)")
     o.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (default: 128)")
@@ -119,7 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision (fp16 uses a gradient scaler on CUDA)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="channels_last memory format")
-    e.add_argument("--compile", action="store_true", help="torch.compile the model")
+    e.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="torch.compile the model (backend: inductor; aot_eager or eager compile faster and help "
+                        "debugging)")
     e.add_argument("--seed", type=int, default=0, help="seed of initialization, data split, order and attacks")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="checkpoint to write (written at the end, atomically)")
@@ -169,13 +174,13 @@ def _command_line(args: argparse.Namespace) -> str:
         try:
             from . import build_parser
             if build_parser().parse_args(argv) == args:
-                return "robust-bench " + shlex.join(argv)
+                return "robust-bench " + shlex.join(_drop_session_options(argv))
         except SystemExit:
             pass
     parts = ["train"]
     if _PARSER is not None:
         for action in _PARSER._actions:
-            if not action.option_strings or action.dest in ("help",):
+            if not action.option_strings or action.dest in ("help", "resume", "stop_after"):
                 continue
             value = getattr(args, action.dest, None)
             if value == action.default or value is None:
@@ -186,6 +191,27 @@ def _command_line(args: argparse.Namespace) -> str:
             else:
                 parts += [opt, str(value)]
     return "robust-bench " + shlex.join(parts)
+
+
+def _drop_session_options(argv: list[str]) -> list[str]:
+    """The command without --resume/--stop-after: what reproduces the result in one go."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--resume", "--stop-after"):
+            skip = True
+            continue
+        if a.startswith(("--resume=", "--stop-after=")):
+            continue
+        out.append(a)
+    return out
+
+
+def _eps_label(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and 1 <= round(k) < 255 and len(f"{eps:g}") > 5 else f"{eps:g}"
 
 
 def _eval_dataset(spec: str) -> str | None:
@@ -401,8 +427,8 @@ def _plan_model(args: argparse.Namespace, loaded, dinfo, sample: torch.Tensor, f
         module = loaded.module
         if isinstance(module, Normalized):
             plan.inner = module.model
-            plan.mean = tuple(float(v) for v in module.mean.flatten())
-            plan.std = tuple(float(v) for v in module.std.flatten())
+            plan.mean = tuple(float(f"{float(v):.7g}") for v in module.mean.flatten())
+            plan.std = tuple(float(f"{float(v):.7g}") for v in module.std.flatten())
         else:
             plan.inner = module
     full = plan.module()
@@ -472,6 +498,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--steps/--step-size set the inner attack of fgsm, pgd and trades; standard training has none")
     if args.beta is not None and args.defense != "trades":
         raise UserError("--beta applies to --defense trades only")
+    if args.eps_warmup and args.defense == "standard":
+        raise UserError("--eps-warmup ramps the budget of adversarial training; standard training has none")
     if args.stop_after is not None and args.stop_after >= args.epochs and args.resume is None:
         raise UserError(f"--stop-after {args.stop_after} is not fewer than --epochs {args.epochs}")
     if args.val_size is not None and args.val_size < 0:
@@ -480,6 +508,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if step_size is not None and not step_size > 0:
         raise UserError(f"--step-size must be > 0, got {args.step_size}")
+    if args.compile:
+        import torch._dynamo
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile not in backends:
+            raise UserError(f"unknown torch.compile backend {args.compile!r} (known: {', '.join(sorted(backends)[:8])}, ...)")
     finetune = args.finetune or ("full" if args.model is not None else "scratch")
     out = _check_out(args.out)
     state_path = Path(args.state) if args.state else out.with_name(out.stem + ".state.pt")
@@ -545,7 +578,7 @@ def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_pa
     if eps is None:
         eps = max(dinfo.default_eps.get(norm) or (0.0,))
         if args.defense != "standard" or val_size:
-            log(f"note: eps {eps:g} ({norm}; the data set's largest standard budget; pass --eps to choose)")
+            log(f"note: eps {_eps_label(eps)} ({norm}; the data set's largest standard budget; pass --eps to choose)")
     try:
         check_eps(eps, norm)
     except ValueError as e:
@@ -592,7 +625,7 @@ def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_pa
         compile=args.compile, head=plan.head,
         backbone_lr_mult=args.backbone_lr_mult if finetune == "full" else 1.0,
         train_backbone=finetune != "linear", val_eps=eps, val_norm=norm, val_steps=args.val_steps,
-        select_by=select_by)
+        select_by=select_by, eps_warmup=args.eps_warmup)
     try:
         config.check()
     except TrainingError as e:
@@ -619,7 +652,7 @@ def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_pa
     log_dir = None if (args.log_dir or "").lower() == "none" else Path(args.log_dir or Path("runs") / out.stem)
     epoch_log = _EpochLog(log_dir if dist.main else None, (resume or {}).get("history") or [], log)
     log(f"training {plan.arch or args.model} on {dinfo.name}: {len(train_idx)} examples, {val_size} for validation, "
-        f"defense {args.defense}" + (f" (eps {eps:g} {norm})" if args.defense != "standard" else "")
+        f"defense {args.defense}" + (f" (eps {_eps_label(eps)} {norm})" if args.defense != "standard" else "")
         + f", {config.epochs} epochs of {len(train_idx) // config.batch_size} steps"
         + (f", {dist.world} processes" if dist.distributed else "") + f", {dist.device}")
     trainer = Trainer(full, recipe, config, train_data, val, dist=dist, log=log, on_epoch=epoch_log,
@@ -628,7 +661,7 @@ def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_pa
     try:
         result = trainer.fit()
     except Exception as e:
-        if args.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        if args.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "torch._subclasses")):
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"torch.compile failed ({first_line}); rerun without --compile") from None
         raise
@@ -659,7 +692,7 @@ def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_pa
         if m.get("val_clean") is not None:
             tail = f": validation clean {100 * m['val_clean']:.1f}%"
             if m.get("val_pgd") is not None:
-                tail += f", PGD-{config.val_steps} eps {eps:g} {100 * m['val_pgd']:.1f}%"
+                tail += f", PGD-{config.val_steps} eps {_eps_label(eps)} {100 * m['val_pgd']:.1f}%"
         print(f"wrote {out} (epoch {best.get('epoch')} of {config.epochs}, selected by {m['selected_by']}){tail}")
     return 0
 
@@ -679,7 +712,8 @@ def _meta(args, plan: _Plan, dinfo, dataset_spec: str, recipe, config, result, f
                    "finetune": None if finetune == "scratch" else finetune, "base_model": plan.base,
                    "base_weights": args.weights, "head_replaced": plan.head_replaced,
                    "backbone_lr_mult": config.backbone_lr_mult if finetune == "full" else None,
-                   "precision": config.precision, "processes": world, "train_data": dataset_spec}
+                   "eps_warmup": config.eps_warmup or None, "precision": config.precision, "processes": world,
+                   "train_data": dataset_spec}
     metrics = {"selected_by": result.history and _selected_by(config, best), "best_epoch": best.get("epoch"),
                "epochs_done": result.epochs_done, "val_clean": best.get("val_clean"), "val_fgsm": best.get("val_fgsm"),
                "val_pgd": best.get("val_pgd"), "val_attack": f"pgd-{config.val_steps}", "val_eps": eps,
