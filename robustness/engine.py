@@ -11,8 +11,10 @@ Principles (AutoAttack's, applied to any attack list):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from attacks import canonical_norm, check_eps, create_attack, get_attack_entry
 from leaderboards import Cost, Outcome, ResultStore, ThreatResult
 
 from .data import LoadedDataset, indices_sha256, load_dataset, select_indices
+from .distributed import World
 from .errors import UserError
 from .models import LoadedModel, ModelOptions, create_model
 
@@ -57,7 +60,7 @@ class RunSpec:
     n_examples: int | None = None
     subset: str = "random"
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int | str = 256   # or "auto": the largest batch that fits the device
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
@@ -160,6 +163,38 @@ def environment(device: torch.device) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:]}
 
 
+def auto_batch_size(module: nn.Module, data: LoadedDataset, device: torch.device, n: int,
+                    channels_last: bool, start: int = 32, cap: int = 4096) -> int:
+    """The largest power-of-two batch (up to the number of examples) for which a forward and an input
+    backward pass fit in GPU memory, found by trying and backing off on out-of-memory errors. On the
+    CPU a failed allocation kills the process instead of raising, so auto means 256 there."""
+    limit = max(1, min(n, cap))
+    if device.type != "cuda":
+        return min(256, limit)
+    x0, _ = data.dataset[0]
+    best, size = 0, min(start, limit)
+    while True:
+        try:
+            x = x0.unsqueeze(0).expand(size, *x0.shape).contiguous().to(device).requires_grad_(True)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = module(x)
+            torch.autograd.grad(out.float().logsumexp(1).sum(), x)
+            del x, out
+            best = size
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        if size >= limit:
+            break
+        size = min(size * 2, limit)
+    if best == 0:
+        raise UserError("--batch-size auto: not even one example fits in GPU memory")
+    # leave headroom: attacks keep a few extra copies of the batch alive
+    return best if best == limit else max(1, best // 2)
+
+
 def parse_attacks(spec: RunSpec) -> list[tuple[str, Any]]:
     out, seen = [], set()
     for a in spec.attacks:
@@ -184,15 +219,17 @@ class Evaluator:
     `run(store, prepared)`; `log` receives one-line notes."""
 
     def __init__(self, spec: RunSpec, store: ResultStore | None = None, *,
-                 log: Callable[[str], None] = lambda s: None, progress: bool = False) -> None:
+                 log: Callable[[str], None] = lambda s: None, progress: bool = False,
+                 world: World | None = None) -> None:
         self.spec, self.store, self.log, self.progress = spec, store, log, progress
+        self.world = world or World()
         try:
             self.norm = canonical_norm(spec.norm)
         except ValueError as e:
             raise UserError(str(e)) from None
-        self.device = resolve_device(spec.device)
-        if spec.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {spec.batch_size}")
+        self.device = resolve_device(self.world.device_name(spec.device))
+        if spec.batch_size != "auto" and (not isinstance(spec.batch_size, int) or spec.batch_size < 1):
+            raise UserError(f"--batch-size must be a number >= 1 or auto, got {spec.batch_size}")
         self.attacks = parse_attacks(spec)
 
     # ---- preparation: everything that can fail on bad input happens before the store is touched ----
@@ -221,6 +258,11 @@ class Evaluator:
             module = prepare_module(loaded.module, self.device, self.spec.precision, self.spec.channels_last)
             p = Prepared(label, LoadedModel(module, loaded.info), data, data.info.name, indices,
                          tuple(sorted(set(float(e) for e in eps))))
+            if self.spec.batch_size == "auto":
+                size = auto_batch_size(module, data, self.device, len(indices), self.spec.channels_last)
+                size = self.world.broadcast(size) if self.world.active else size
+                self.spec = dataclasses.replace(self.spec, batch_size=size)
+                self.log(f"--batch-size auto: {size}")
             self._probe(p)
             prepared.append(p)
         return prepared
@@ -277,59 +319,99 @@ class Evaluator:
         """Evaluate into `store` (or the one given at construction). Pass `prepared` from `prepare()` to
         validate all input before the store is even opened."""
         self.store = store or self.store
-        if self.store is None:
+        if self.store is None and self.world.main:
             raise ValueError("Evaluator.run needs a ResultStore")
         prepared = list(prepared) if prepared is not None else self.prepare()
         key = self.run_key(prepared)
+        # rank 0 alone reads and writes the store; the other ranks learn its decision
+        decision = self._open_run(key, prepared) if self.world.main else None
+        decision = self.world.broadcast(decision)
+        run_id = decision["run_id"]
+        if decision["reused"]:
+            return RunOutcome(run_id, False, True, tuple(decision["results"]), decision["metadata"],
+                              decision["spec"])
+        torch.manual_seed(self.spec.seed)
+        try:
+            for p in prepared:
+                self._evaluate_model(run_id, p, set(decision["done"].get(p.label, ())))
+        except UserError:
+            if self.world.main:
+                self.store.delete_run(run_id)  # a run that cannot be trusted (e.g. NaN logits) is not kept
+            raise
+        results = self._finish(run_id, prepared) if self.world.main else None
+        results = self.world.broadcast(results)
+        return RunOutcome(run_id, decision["resumed"], False, tuple(results), decision["metadata"],
+                          decision["spec"])
+
+    def _open_run(self, key: str, prepared: Sequence[Prepared]) -> dict[str, Any]:
+        """Find the run these arguments already started (resume / reuse) or create it."""
+        if self.store is None:
+            raise ValueError("Evaluator.run needs a ResultStore on rank 0")
         existing = self.store.find_run(key)
-        spec_json = self.spec.to_json()
         if existing is not None and existing.status == "complete":
             self.log(f"run {existing.run_id} with these arguments is already complete in {self.store.path}; "
                      f"showing it")
-            results = tuple(self.store.results(existing.run_id))
-            return RunOutcome(existing.run_id, False, True, results, existing.metadata, existing.spec)
+            return {"run_id": existing.run_id, "reused": True, "resumed": False,
+                    "results": self.store.results(existing.run_id), "metadata": existing.metadata,
+                    "spec": existing.spec}
+        spec_json = self.spec.to_json()
         if existing is not None:
             run_id, resumed, metadata = existing.run_id, True, existing.metadata
             self.log(f"resuming run {run_id}")
         else:
             metadata = environment(self.device)
-            metadata.update(seed=self.spec.seed, tag=self.spec.tag,
+            metadata.update(seed=self.spec.seed, tag=self.spec.tag, world_size=self.world.size,
                             models={p.label: {"weights_sha256": p.model.info.weights_sha256,
                                               "indices_sha256": indices_sha256(p.indices),
                                               "dataset": p.dataset_name, "n": int(len(p.indices))}
                                     for p in prepared})
             run_id, resumed = self.store.create_run(key, spec_json, metadata, self.spec.tag), False
-        torch.manual_seed(self.spec.seed)
         for p in prepared:
             self.store.register_model(run_id, p.label, p.dataset_name,
                                       {"model": p.model.info.to_json(), "dataset": p.data.info.to_json(),
                                        "eps": list(p.eps), "norm": self.norm}, p.indices.tolist())
-        try:
-            for p in prepared:
-                self._evaluate_model(run_id, p)
-        except UserError:
-            self.store.delete_run(run_id)  # a run that cannot be trusted (e.g. NaN logits) is not kept
-            raise
-        results = self._finish(run_id, prepared)
-        return RunOutcome(run_id, resumed, False, tuple(results), metadata, spec_json)
+        done = {p.label: sorted(self.store.done_batches(run_id, p.label)) for p in prepared}
+        return {"run_id": run_id, "reused": False, "resumed": resumed, "metadata": metadata, "spec": spec_json,
+                "done": done}
 
-    def _evaluate_model(self, run_id: str, p: Prepared) -> None:
+    def _evaluate_model(self, run_id: str, p: Prepared, done: set[int]) -> None:
+        """Pending batches go round-robin to the ranks; after each round rank 0 gathers and commits them."""
         batches = self._batches(p)
-        done = self.store.done_batches(run_id, p.label)
-        todo = [i for i in range(len(batches)) if i not in done]
-        if not todo:
+        pending = [i for i in range(len(batches)) if i not in done]
+        if not pending:
             return
+        w = self.world
+        mine = pending[w.rank::w.size]
+        rounds = math.ceil(len(pending) / w.size)
         bar = None
-        if self.progress:
+        if self.progress and w.main:
             from tqdm import tqdm
-            bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc=p.label, unit="batch",
+            bar = tqdm(total=len(batches), initial=len(batches) - len(pending), desc=p.label, unit="batch",
                        file=sys.stderr, leave=False)
-        loader = self._loader(p, [batches[i] for i in todo])
-        for b, (x, y) in zip(todo, loader):
-            outcomes, costs = self.evaluate_batch(p, batches[b], x, y)
-            self.store.write_batch(run_id, p.label, b, outcomes, costs)
-            if bar is not None:
-                bar.update(1)
+        loader = iter(self._loader(p, [batches[i] for i in mine])) if mine else iter(())
+        for r in range(rounds):
+            payload: Any = None
+            if r < len(mine):
+                b = mine[r]
+                x, y = next(loader)
+                try:
+                    payload = (b, *self.evaluate_batch(p, batches[b], x, y))
+                except UserError as e:
+                    payload = ("error", str(e))
+            stop = None
+            for item in w.gather(payload) or ():
+                if item is None:
+                    continue
+                if item[0] == "error":
+                    stop = item[1]
+                    continue
+                b, outcomes, costs = item
+                self.store.write_batch(run_id, p.label, b, outcomes, costs)
+                if bar is not None:
+                    bar.update(1)
+            stop = w.broadcast(stop) if w.active else stop
+            if stop:
+                raise UserError(stop)
         if bar is not None:
             bar.close()
 

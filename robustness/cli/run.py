@@ -8,6 +8,7 @@ from typing import Sequence
 
 from leaderboards import ResultStore, StoreError, ThreatResult
 
+from ..distributed import init_world, shutdown
 from ..engine import AttackSpec, Evaluator, RunSpec, export_json
 from ..errors import UserError
 from ..models import ModelOptions
@@ -64,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow checkpoints that need full unpickling (can run code from the file)")
     e = p.add_argument_group("engine and output")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    e.add_argument("--batch-size", type=positive_int, default=256, help="examples per batch (default: 256)")
+    e.add_argument("--batch-size", type=batch_size, default=256,
+                   help="examples per batch, or auto: the largest that fits the GPU (default: 256)")
     e.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32, or autocast to bf16/fp16 (logits and losses stay fp32)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
@@ -74,9 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--db", default="results.db", help="SQLite results store (default: ./results.db)")
     e.add_argument("--json", help="also export the run, with per-example outcomes, to this JSON file")
     e.add_argument("--quiet", action="store_true", help="print only the table")
+    e.add_argument("--config", metavar="SUITE.yaml",
+                   help="evaluate a suite: models x data sets x attack settings, one stored run each; runs "
+                        "complete in the store are skipped (other flags give the defaults)")
     from .publish import add_protocol_option  # --protocol (issue 6): fills dataset/examples/norm/eps/attacks
     add_protocol_option(g)
     p.set_defaults(func=run)
+
+
+def batch_size(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -101,23 +110,45 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
-    if args.json:
-        _check_writable(args.json)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
-    evaluator = Evaluator(spec, log=log, progress=not args.quiet and sys.stderr.isatty())
-    prepared = evaluator.prepare()  # every input check happens before the store is opened
+    world = init_world()
     try:
-        store = ResultStore(args.db)
-    except StoreError as e:
-        raise UserError(str(e)) from None
-    with store:
-        outcome = evaluator.run(store, prepared)
-        print(format_table(outcome.results))
-        if not args.quiet:
-            print(f"\nrun {outcome.run_id} stored in {args.db}")
+        if args.config:
+            from ..suite import load_suite
+            specs = load_suite(args.config, base=spec_from_args(args))
+        else:
+            specs = [spec_from_args(args)]
         if args.json:
-            export_json(outcome, store, args.json)
+            if len(specs) > 1:
+                raise UserError("--json exports one run; a suite stores several (export them with "
+                                "robust-bench leaderboard --format json)")
+            _check_writable(args.json)
+        quiet = args.quiet or not world.main
+        log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+        store = None
+        try:
+            for i, spec in enumerate(specs):
+                if len(specs) > 1 and not quiet:
+                    print(f"[{i + 1}/{len(specs)}] {', '.join(spec.models)} / "
+                          f"{', '.join(a.name for a in spec.attacks)}", file=sys.stderr)
+                evaluator = Evaluator(spec, log=log, progress=not quiet and sys.stderr.isatty(), world=world)
+                prepared = evaluator.prepare()  # every input check happens before the store is opened
+                if world.main and store is None:
+                    try:
+                        store = ResultStore(args.db)
+                    except StoreError as e:
+                        raise UserError(str(e)) from None
+                outcome = evaluator.run(store, prepared)
+                if world.main:
+                    print(format_table(outcome.results))
+                    if not args.quiet:
+                        print(f"\nrun {outcome.run_id} stored in {args.db}")
+                    if args.json:
+                        export_json(outcome, store, args.json)
+        finally:
+            if store is not None:
+                store.close()
+    finally:
+        shutdown(world)
     return 0
 
 
