@@ -195,6 +195,36 @@ def auto_batch_size(module: nn.Module, data: LoadedDataset, device: torch.device
     return best if best == limit else max(1, best // 2)
 
 
+def _accepts_any(builder: Any) -> bool:
+    import inspect
+    try:
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def own_params(spec: RunSpec) -> RunSpec:
+    """Give each attack only the shared options it declares (FGSM takes no --steps), so the stored spec
+    says what ran; an option that no listed attack takes is an error, not silently dropped."""
+    entries = []
+    for a in spec.attacks:
+        try:
+            entries.append(get_attack_entry(a.name))
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+    used: set[str] = set()
+    attacks = []
+    for a, entry in zip(spec.attacks, entries):
+        declared = set(entry.parameters())
+        keep = tuple((k, v) for k, v in a.params if k in declared or _accepts_any(entry.builder))
+        used.update(k for k, _ in keep)
+        attacks.append(AttackSpec(a.name, keep))
+    unused = sorted({k for a in spec.attacks for k, _ in a.params} - used)
+    if unused:
+        raise UserError(f"no listed attack takes {', '.join(unused)} (see `robust-bench list attacks`)")
+    return dataclasses.replace(spec, attacks=tuple(attacks))
+
+
 def parse_attacks(spec: RunSpec) -> list[tuple[str, Any]]:
     out, seen = [], set()
     for a in spec.attacks:
@@ -221,7 +251,8 @@ class Evaluator:
     def __init__(self, spec: RunSpec, store: ResultStore | None = None, *,
                  log: Callable[[str], None] = lambda s: None, progress: bool = False,
                  world: World | None = None) -> None:
-        self.spec, self.store, self.log, self.progress = spec, store, log, progress
+        self.store, self.log, self.progress = store, log, progress
+        self.spec = own_params(spec)
         self.world = world or World()
         try:
             self.norm = canonical_norm(spec.norm)

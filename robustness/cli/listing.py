@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from attacks import attack_names, get_attack_entry
-
-from ..data import registered_datasets
-from ..models import registered_models, torchvision_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attacks import attack_names, get_attack_entry
+
+    from ..data import registered_datasets
+    from ..models import registered_models, torchvision_names
     if args.what == "models":
         print("built-in:")
         for m in registered_models():

@@ -6,13 +6,14 @@ import sys
 from collections import defaultdict
 from typing import Sequence
 
-from leaderboards import ResultStore, StoreError, ThreatResult
+from typing import TYPE_CHECKING
 
-from ..distributed import init_world, shutdown
-from ..engine import AttackSpec, Evaluator, RunSpec, export_json
 from ..errors import UserError
-from ..models import ModelOptions
 from .options import parse_channels, parse_eps_list, parse_kv, parse_list, positive_int
+
+if TYPE_CHECKING:  # torch-heavy modules load when the command runs, not when the CLI starts
+    from leaderboards import ThreatResult
+    from ..engine import RunSpec
 
 EXAMPLES = """examples:
   robust-bench run                                   # built-in digits models, FGSM and PGD (offline)
@@ -88,7 +89,9 @@ def batch_size(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
-def spec_from_args(args: argparse.Namespace) -> RunSpec:
+def spec_from_args(args: argparse.Namespace) -> "RunSpec":
+    from ..engine import AttackSpec, RunSpec
+    from ..models import ModelOptions
     from .options import parse_number
     protocol_attacks = None
     if getattr(args, "protocol", None):  # fills args from the protocol; user-given conflicting flags: UserError
@@ -110,6 +113,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    from leaderboards import ResultStore, StoreError
+    from ..distributed import init_world, shutdown
+    from ..engine import Evaluator, export_json
     world = init_world()
     try:
         if args.config:
@@ -163,7 +169,7 @@ def _pct(v: float) -> str:
     return f"{100 * v:5.1f}"
 
 
-def format_table(results: Sequence[ThreatResult]) -> str:
+def format_table(results: Sequence["ThreatResult"]) -> str:
     """Rows per (model, attack), a column per eps: robust accuracy % and its 95% Wilson interval."""
     if not results:
         return "(no results)"
