@@ -37,6 +37,9 @@ from .errors import UserError
 from .models import LoadedModel, ModelOptions, create_model
 
 
+WORST_CASE = "worst-case"
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
@@ -483,6 +486,11 @@ class Evaluator:
                 costs.append(Cost(label, eps, seconds, fwd, bwd))
             outcomes.extend(Outcome(label, int(i), bool(c), None if np.isnan(b) else float(b))
                             for i, c, b in zip(idx, clean_np, broken))
+            worst = broken if a_i == 0 else np.fmin(worst, broken)  # fmin: NaN (never broken) loses
+        if len(self.attacks) > 1:
+            # AutoAttack's principle for any list: robust only if it survived every attack
+            outcomes.extend(Outcome(WORST_CASE, int(i), bool(c), None if np.isnan(b) else float(b))
+                            for i, c, b in zip(idx, clean_np, worst))
         return outcomes, costs
 
     def _check_contract(self, label: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> None:
@@ -500,18 +508,26 @@ class Evaluator:
     def _finish(self, run_id: str, prepared: Sequence[Prepared]) -> list[ThreatResult]:
         results = []
         for p in prepared:
-            for label, attack in self.attacks:
-                params = {k: v for k, v in asdict(attack).items()} if hasattr(attack, "__dataclass_fields__") else {}
-                for eps in p.eps:
-                    results.append(self.store.recompute(run_id, p.label, label, eps, dataset=p.dataset_name,
-                                                        norm=self.norm, params=params))
-        self.store.finish_run(run_id, [r for r in results])
-        return results
+            for eps in p.eps:
+                per_attack = []
+                for label, attack in self.attacks:
+                    params = asdict(attack) if dataclasses.is_dataclass(attack) else {}
+                    per_attack.append(self.store.recompute(run_id, p.label, label, eps, dataset=p.dataset_name,
+                                                           norm=self.norm, params=params))
+                results.extend(per_attack)
+                if len(self.attacks) > 1:
+                    worst = self.store.recompute(run_id, p.label, WORST_CASE, eps, dataset=p.dataset_name,
+                                                 norm=self.norm, params={"attacks": [a for a, _ in self.attacks]})
+                    results.append(dataclasses.replace(
+                        worst, seconds=sum(r.seconds for r in per_attack),
+                        forward=sum(r.forward for r in per_attack), backward=sum(r.backward for r in per_attack)))
+        self.store.finish_run(run_id, results)
+        return [dataclasses.replace(r, per_example=None) for r in results]
 
 
 def export_json(outcome: RunOutcome, store: ResultStore, path: str | Path) -> None:
     """The run's metadata and every result with its per-example outcomes, accuracies as fractions."""
-    results = [store.recompute(r.run_id, r.model, r.attack, r.eps, dataset=r.dataset, norm=r.norm,
-                               params=r.params).to_json() for r in outcome.results]
+    results = [dataclasses.replace(r, per_example=store.recompute(r.run_id, r.model, r.attack, r.eps).per_example
+                                   ).to_json() for r in outcome.results]
     doc = {"run": {"run_id": outcome.run_id, **outcome.metadata, "spec": outcome.spec}, "results": results}
     Path(path).write_text(json.dumps(doc, indent=1, default=str))

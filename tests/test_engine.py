@@ -179,7 +179,7 @@ def test_json_export(tmp_path, cli):
     assert run["tag"] == "v1.2"
     m = run["models"]["digits-cnn"]
     assert len(m["weights_sha256"]) == 64 and len(m["indices_sha256"]) == 64
-    assert {r["attack"] for r in doc["results"]} == {"fgsm", "pgd"}
+    assert {r["attack"] for r in doc["results"]} == {"fgsm", "pgd", "worst-case"}
     for r in doc["results"]:
         assert 0 <= r["accuracy"] <= r["clean_accuracy"] <= 1
         lo, hi = r["ci95"]
@@ -188,3 +188,28 @@ def test_json_export(tmp_path, cli):
         assert len(pe["index"]) == len(pe["clean_correct"]) == len(pe["correct"]) == r["n"] == 50
         assert sum(pe["correct"]) == round(r["accuracy"] * 50)
         assert not any(c and not k for c, k in zip(pe["correct"], pe["clean_correct"]))
+
+
+def test_worst_case_is_per_example_and_at_most_each_attack(tmp_path):
+    with ResultStore(tmp_path / "r.db") as store:
+        outcome = Evaluator(_spec(), store).run()
+        by = {(r.attack, r.eps): r for r in store.results(outcome.run_id, with_examples=True)}
+        for eps in EPS:
+            worst = np.array(by[("worst-case", eps)].per_example.correct)
+            fgsm = np.array(by[("fgsm", eps)].per_example.correct)
+            pgd = np.array(by[("pgd", eps)].per_example.correct)
+            assert np.array_equal(worst, fgsm & pgd)
+            assert by[("worst-case", eps)].accuracy <= min(by[("fgsm", eps)].accuracy, by[("pgd", eps)].accuracy)
+            assert by[("worst-case", eps)].forward == by[("fgsm", eps)].forward + by[("pgd", eps)].forward
+
+
+def test_gpu_paths_run_on_the_cpu(tmp_path):
+    """bf16 autocast and channels_last (the GPU configuration) give a valid run on the CPU too."""
+    with ResultStore(tmp_path / "r.db") as store:
+        fp32 = Evaluator(_spec(n_examples=40), store).run()
+        bf16 = Evaluator(_spec(n_examples=40, precision="bf16", channels_last=True), store).run()
+        assert bf16.run_id != fp32.run_id
+        for a, b in zip(fp32.results, bf16.results):
+            assert (a.attack, a.eps) == (b.attack, b.eps)
+            assert abs(a.clean_accuracy - b.clean_accuracy) <= 0.05
+            assert abs(a.accuracy - b.accuracy) <= 0.15

@@ -188,7 +188,8 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
             return f"{round(k)}/255"
         return short
 
-    header = ["model", "data", "n", "clean %", "attack"] + [f"eps={eps_label(e)}" for e in eps_all]
+    header = ["model", "data", "n", "clean %", "attack"] + [f"eps={eps_label(e)}" for e in eps_all] + \
+        ["passes/ex fwd+bwd"]
     rows = []
     for (model, attack), cells in by_row.items():
         m = meta[model]
@@ -200,6 +201,9 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
         for e in eps_all:
             r = cells.get(e)
             row.append("" if r is None else f"{_pct(r.accuracy)} [{_pct(r.ci95[0]).strip()}-{_pct(r.ci95[1]).strip()}]")
+        n = max(m.n, 1)
+        fwd, bwd = sum(c.forward for c in cells.values()) / n, sum(c.backward for c in cells.values()) / n
+        row.append(f"{fwd:.1f}+{bwd:.1f}")
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
