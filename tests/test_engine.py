@@ -38,8 +38,8 @@ def _per_example(store: ResultStore, run_id: str) -> dict:
 def test_accuracy_never_rises_with_eps_and_is_per_example(tmp_path):
     with ResultStore(tmp_path / "r.db") as store:
         outcome = Evaluator(_spec(), store).run()
-        res = {(r.attack, r.eps): r for r in outcome.results}
-        for attack in ("fgsm", "pgd"):
+        res = {(r.attack, r.eps): r for r in store.results(outcome.run_id, with_examples=True)}
+        for attack in ("fgsm", "pgd", "worst-case"):
             accs = [res[(attack, e)].accuracy for e in EPS]
             assert accs == sorted(accs, reverse=True)
             ex = [np.array(res[(attack, e)].per_example.correct) for e in EPS]
@@ -99,9 +99,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     resumed = Evaluator(_spec(), store).run()
     assert resumed.resumed and resumed.run_id == run.run_id
     assert _per_example(store, run.run_id) == _per_example(full, ref.run_id)
-    # nothing duplicated: one outcome row per (attack, example)
+    # nothing duplicated: one outcome row per (attack, example), worst case included
     db = sqlite3.connect(tmp_path / "part.db")
-    assert db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 2 * 120
+    assert db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 3 * 120
 
 
 def _cmd(db: Path, *extra: str) -> list[str]:
