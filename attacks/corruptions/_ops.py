@@ -93,6 +93,9 @@ def pad_index(n: int, before: int, after: int, mode: str, device) -> Tensor:
     return torch.as_tensor(_pad_index_np(n, before, after, mode), device=device)
 
 
+_TORCH_PAD = {"nearest": "replicate", "mirror": "reflect", "wrap": "circular"}
+
+
 def pad2d(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> Tensor:
     """Pad the last two dims of `x` with one of the border modes above (or 'constant' zeros)."""
     if top == bottom == left == right == 0:
@@ -100,6 +103,11 @@ def pad2d(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) ->
     if mode == "constant":
         return F.pad(x, (left, right, top, bottom))
     H, W = x.shape[-2:]
+    tmode = _TORCH_PAD.get(mode)
+    if tmode is not None and x.dim() == 4 and max(top, bottom) < H and max(left, right) < W:
+        return F.pad(x, (left, right, top, bottom), mode=tmode)  # torch's kernels are faster
+    if tmode == "replicate" and x.dim() == 4:
+        return F.pad(x, (left, right, top, bottom), mode=tmode)  # replicate has no size limit
     if top or bottom:
         x = x.index_select(-2, pad_index(H, top, bottom, mode, x.device))
     if left or right:
@@ -121,17 +129,44 @@ def _as_kernel(k, like: Tensor) -> Tensor:
     return torch.as_tensor(np.asarray(k), dtype=like.dtype, device=like.device)
 
 
+@lru_cache(maxsize=256)
+def _filter_matrix_np(n: int, kernel: tuple, mode: str) -> np.ndarray:
+    """(n, n) matrix M with ``M @ v`` = the 1-D correlation of v with `kernel` (odd length,
+    centred) under border `mode`; the border is folded into the matrix."""
+    k = np.asarray(kernel, dtype=np.float64)
+    r = (k.size - 1) // 2
+    src = _pad_index_np(n, r, k.size - 1 - r, mode)  # padded position -> source index
+    M = np.zeros((n, n))
+    rows = np.repeat(np.arange(n), k.size)
+    cols = src[np.arange(n)[:, None] + np.arange(k.size)[None, :]].ravel()
+    np.add.at(M, (rows, cols), np.tile(k, n))
+    return M
+
+
+def _filter_1d(x: Tensor, k: Tensor, dim: int, mode: str) -> Tensor:
+    """Correlate along dim -2 (rows) or -1 (columns).  Short kernels: a sum of shifted slices;
+    long ones (or small images): one matrix product with the border folded in."""
+    n = x.shape[dim]
+    ksize = k.numel()
+    if ksize == 1:
+        return x * k[0]
+    if ksize * 8 >= n or n <= 64:
+        M = torch.as_tensor(_filter_matrix_np(n, tuple(k.tolist()), mode), dtype=x.dtype, device=x.device)
+        return torch.matmul(M, x) if dim == -2 else torch.matmul(x, M.t())
+    r = (ksize - 1) // 2
+    xp = pad2d(x, r, ksize - 1 - r, 0, 0, mode) if dim == -2 else pad2d(x, 0, 0, r, ksize - 1 - r, mode)
+    out = None
+    for j, w in enumerate(k.tolist()):  # <= n/8 taps
+        sl = xp.narrow(dim, j, n)
+        out = sl * w if out is None else out.add_(sl, alpha=w)
+    return out
+
+
 def sep_filter(x: Tensor, kh: Sequence[float], kw: Sequence[float], mode: str) -> Tensor:
-    """Correlate every channel of NCHW `x` with the separable kernel ``kh (rows) x kw (cols)``."""
-    B, C, H, W = x.shape
-    kh_t, kw_t = _as_kernel(kh, x), _as_kernel(kw, x)
-    rh, rw = (kh_t.numel() - 1) // 2, (kw_t.numel() - 1) // 2
-    y = x.reshape(B * C, 1, H, W)
-    if kh_t.numel() > 1:
-        y = F.conv2d(pad2d(y, rh, kh_t.numel() - 1 - rh, 0, 0, mode), kh_t.view(1, 1, -1, 1))
-    if kw_t.numel() > 1:
-        y = F.conv2d(pad2d(y, 0, 0, rw, kw_t.numel() - 1 - rw, mode), kw_t.view(1, 1, 1, -1))
-    return y.reshape(B, C, H, W)
+    """Correlate every channel of `x` (..., H, W) with the separable kernel ``kh (rows) x kw (cols)``."""
+    kh_t = torch.as_tensor(np.asarray(kh, dtype=np.float64))
+    kw_t = torch.as_tensor(np.asarray(kw, dtype=np.float64))
+    return _filter_1d(_filter_1d(x, kh_t, -2, mode), kw_t, -1, mode)
 
 
 def gaussian_filter(x: Tensor, sigma, mode: str = "nearest", truncate: float = 4.0) -> Tensor:
@@ -163,16 +198,36 @@ def filter2d(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
     return _fft_correlate_valid(xp, kernel.expand(B, kh, kw))
 
 
+@lru_cache(maxsize=256)
+def fft_length(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (sizes the FFT handles fastest)."""
+    best = 1 << max(int(n - 1).bit_length(), 0)
+    p5 = 1
+    while p5 < 2 * n:
+        p35 = p5
+        while p35 < 2 * n:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _fft_correlate_valid(xp: Tensor, kernels: Tensor) -> Tensor:
-    """Valid correlation of padded images ``xp`` (B, C, Hp, Wp) with per-image kernels (B, kh, kw)."""
+    """Valid correlation of padded images ``xp`` (B, C, Hp, Wp) with per-image kernels (B, kh, kw).
+
+    Circular convolution at any length >= Hp reproduces the valid part of the linear one."""
     B, C, Hp, Wp = xp.shape
     kh, kw = kernels.shape[-2:]
+    Lh, Lw = fft_length(Hp), fft_length(Wp)
     ctype = torch.float64 if xp.dtype == torch.float64 else torch.float32
     kf = torch.flip(kernels, dims=(-2, -1)).to(ctype)
-    Xf = torch.fft.rfft2(xp.to(ctype), s=(Hp, Wp))
-    Kf = torch.fft.rfft2(kf, s=(Hp, Wp)).unsqueeze(1)
-    y = torch.fft.irfft2(Xf * Kf, s=(Hp, Wp))
-    return y[..., kh - 1:, kw - 1:].to(xp.dtype)
+    Xf = torch.fft.rfft2(xp.to(ctype), s=(Lh, Lw))
+    Kf = torch.fft.rfft2(kf, s=(Lh, Lw)).unsqueeze(1)
+    y = torch.fft.irfft2(Xf * Kf, s=(Lh, Lw))
+    return y[..., kh - 1:Hp, kw - 1:Wp].to(xp.dtype)
 
 
 def per_image_filter2d(x: Tensor, kernels: Tensor, mode: str) -> Tensor:
@@ -199,41 +254,6 @@ def rgb_to_gray(x: Tensor) -> Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) BT.601 luma."""
     w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
-
-
-def rgb_to_hsv(x: Tensor) -> Tensor:
-    """skimage.color.rgb2hsv on NCHW, including its conventions: grey pixels get hue 0 and
-    saturation 0; where two channels tie for the maximum, blue wins over green over red."""
-    r, g, b = x.unbind(1)
-    v = x.amax(1)
-    delta = v - x.amin(1)
-    safe_d = torch.where(delta > 0, delta, torch.ones_like(delta))
-    safe_v = torch.where(v > 0, v, torch.ones_like(v))
-    s = torch.where(delta > 0, delta / safe_v, torch.zeros_like(v))
-    h = torch.where(r == v, (g - b) / safe_d, torch.zeros_like(v))
-    h = torch.where(g == v, 2.0 + (b - r) / safe_d, h)
-    h = torch.where(b == v, 4.0 + (r - g) / safe_d, h)
-    h = torch.remainder(h / 6.0, 1.0)
-    h = torch.where(delta > 0, h, torch.zeros_like(h))
-    return torch.stack((h, s, v), 1)
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """skimage.color.hsv2rgb on NCHW."""
-    h, s, v = hsv.unbind(1)
-    hi = torch.floor(h * 6)
-    f = h * 6 - hi
-    p = v * (1 - s)
-    q = v * (1 - f * s)
-    t = v * (1 - (1 - f) * s)
-    hi = torch.remainder(hi, 6).long()
-    # rows: (r, g, b) for sector 0..5
-    table = torch.stack([
-        torch.stack((v, t, p)), torch.stack((q, v, p)), torch.stack((p, v, t)),
-        torch.stack((p, q, v)), torch.stack((t, p, v)), torch.stack((v, p, q)),
-    ])  # (6, 3, B, H, W)
-    out = table.gather(0, hi.unsqueeze(0).unsqueeze(0).expand(1, 3, *hi.shape)).squeeze(0)
-    return out.permute(1, 0, 2, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +338,8 @@ def line_blur(x: Tensor, radius: float, sigma: float, angles_deg: Tensor, border
     ``o_i = ceil(i * (sin a, cos a) - 0.5)`` along each image's angle `a`, and edge pixels
     replicated beyond the border.  With `border_break` (imagecorruptions), the sum stops at the
     first offset that reaches past the image, without renormalising -- as the reference's
-    ``break`` does.  Each image gets its own sparse kernel; the filtering is one batched FFT.
+    ``break`` does.  Each image gets its own sparse kernel: applied by one batched FFT for
+    small images, as a sum of shifted views for large ones.
     """
     B, C, H, W = x.shape
     width = int(2 * math.ceil(radius) + 1) if radius > 0 else 3
@@ -332,14 +353,26 @@ def line_blur(x: Tensor, radius: float, sigma: float, angles_deg: Tensor, border
     if border_break:
         bad = (oy.abs() >= H) | (ox.abs() >= W)
         w[bad.cumsum(1) > 0] = 0.0
-    R = int(max(oy.abs().max().item(), ox.abs().max().item()))
-    R = max(R, 1)
-    ker = torch.zeros(B, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
-    bidx = torch.arange(B).view(B, 1).expand(B, width)
-    ker.index_put_((bidx.reshape(-1), (oy + R).reshape(-1), (ox + R).reshape(-1)), w.reshape(-1),
-                   accumulate=True)
-    ker = ker.to(device=x.device, dtype=x.dtype)
-    return per_image_filter2d(x, ker, "nearest")
+    used = w > 0
+    oy, ox = oy * used, ox * used  # dropped taps (weight 0) point at the centre
+    R = max(int(max(oy.abs().max().item(), ox.abs().max().item())), 1)
+    if H * W < 4096:
+        # small images: one FFT of every image with its own sparse kernel
+        ker = torch.zeros(B, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
+        bidx = torch.arange(B).view(B, 1).expand(B, width)
+        ker.index_put_((bidx.reshape(-1), (oy + R).reshape(-1), (ox + R).reshape(-1)), w.reshape(-1),
+                       accumulate=True)
+        return per_image_filter2d(x, ker.to(device=x.device, dtype=x.dtype), "nearest")
+    # large images: shifted views added in place (a loop over images x taps, <= 2*radius+1 taps)
+    xp = pad2d(x, R, R, R, R, "nearest")
+    out = torch.zeros_like(x)
+    oy_l, ox_l, w_l, n_l = oy.tolist(), ox.tolist(), w.tolist(), used.sum(1).tolist()
+    for b in range(B):
+        ob, xb = out[b], xp[b]
+        for t in range(int(n_l[b])):
+            y0, x0 = R + oy_l[b][t], R + ox_l[b][t]
+            ob.add_(xb[:, y0:y0 + H, x0:x0 + W], alpha=w_l[b][t])
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ pixelate, and the extra saturate.  (JPEG is in jpeg.py.)
 
 References: imagecorruptions (ImageNet-C table) and make_cifar_c.py (CIFAR-10-C table).
 
-* brightness / saturate -- add to the HSV value / scale-and-shift the HSV saturation, through a
-  torch port of skimage's rgb2hsv/hsv2rgb conventions.  Exact.
+* brightness / saturate -- add to the HSV value / scale-and-shift the HSV saturation, in closed
+  form (no explicit HSV round trip; identical to skimage's rgb2hsv/hsv2rgb up to float
+  rounding, including its conventions for grey and black pixels).  Exact.
 * contrast -- ``(x - mean) * c + mean`` with per-channel means.  Exact.
 * pixelate -- PIL ``resize(BOX)`` down by the factor, then back up with NEAREST (ImageNet-C) or
   BOX (CIFAR-10-C), as separable resampling matrices with PIL's weights.  Deviation: PIL works
@@ -25,23 +26,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._ops import (RNG, gaussian_kernel1d, hsv_to_rgb, pil_resample_matrix, resample_separable, rgb_to_hsv,
-                   sep_filter)
+from ._ops import RNG, gaussian_kernel1d, pil_resample_matrix, resample_separable, sep_filter
 
 Tensor = torch.Tensor
 
 
 def brightness(x: Tensor, c: float, rng: RNG, preset) -> Tensor:
-    hsv = rgb_to_hsv(x)
-    hsv = torch.stack((hsv[:, 0], hsv[:, 1], (hsv[:, 2] + c).clamp(0, 1)), 1)
-    return hsv_to_rgb(hsv)
+    """HSV value + c.  With hue and saturation held, every channel scales with the value, so
+    ``rgb * V'/V`` is skimage's rgb2hsv -> V += c -> hsv2rgb exactly (black maps to grey V')."""
+    v = x.amax(1, keepdim=True)
+    v_new = (v + c).clamp(0, 1)
+    return torch.where(v > 0, x * (v_new / torch.where(v > 0, v, torch.ones_like(v))), v_new.expand_as(x))
 
 
 def saturate(x: Tensor, c, rng: RNG, preset) -> Tensor:
+    """HSV saturation * a + b.  Each channel is ``V * (1 - S * g(hue))``, so with hue and value
+    held it becomes ``V - (V - rgb) * S'/S``; grey pixels (S = 0) get skimage's hue 0, i.e.
+    ``(V, V(1 - S'), V(1 - S'))``.  Exactly skimage's HSV round trip."""
     scale, shift = c
-    hsv = rgb_to_hsv(x)
-    hsv = torch.stack((hsv[:, 0], (hsv[:, 1] * scale + shift).clamp(0, 1), hsv[:, 2]), 1)
-    return hsv_to_rgb(hsv)
+    v = x.amax(1, keepdim=True)
+    delta = v - x.amin(1, keepdim=True)
+    grey = delta <= 0
+    s = torch.where(grey, torch.zeros_like(v), delta / torch.where(v > 0, v, torch.ones_like(v)))
+    s_new = (s * scale + shift).clamp(0, 1)
+    coloured = v - (v - x) * (s_new / torch.where(grey, torch.ones_like(s), s))
+    red_hue = torch.cat((v, v * (1 - s_new), v * (1 - s_new)), 1) if x.shape[1] == 3 else v * (1 - s_new)
+    return torch.where(grey, red_hue, coloured)
 
 
 def contrast(x: Tensor, c: float, rng: RNG, preset) -> Tensor:
