@@ -25,7 +25,6 @@ from xml.sax.saxutils import escape as xml_escape, quoteattr
 
 import numpy as np
 
-from .records import outcomes_at
 from .store import ResultStore, StoreError
 from .threats import Threat, same_eps, threat_labels
 
@@ -150,13 +149,11 @@ def load_run(ref: str, db: str | Path | None = None) -> RunOutcomes:
             mine = [r for r in results if r.model == m["model"]]
             index = clean = None
             threats: dict[Threat, ThreatOutcomes] = {}
-            for attack in sorted({r.attack for r in mine}):
-                idx, cl, broken = store.outcomes(run.run_id, m["model"], attack)
+            for r in mine:
+                idx, cl, correct = store.threat_outcomes(run.run_id, m["model"], r.attack, r.eps)
                 index, clean = idx, cl
-                for r in mine:
-                    if r.attack == attack:
-                        t = Threat(r.attack, r.norm, float(r.eps))
-                        threats[t] = ThreatOutcomes(t, r.params, idx, outcomes_at(cl, broken, r.eps))
+                t = Threat(r.attack, r.norm, float(r.eps))
+                threats[t] = ThreatOutcomes(t, r.params, idx, correct)
             if index is None:
                 continue
             models[m["model"]] = ModelOutcomes(m["model"], m["dataset"], index, clean, threats)

@@ -60,11 +60,16 @@ def outcomes_at(clean_correct: np.ndarray, broken_eps: np.ndarray, eps: float) -
 
 
 def summarize(*, run_id: str, model: str, dataset: str, attack: str, norm: str, eps: float,
-              index: Sequence[int], clean_correct: np.ndarray, broken_eps: np.ndarray,
-              seconds: float = 0.0, forward: int = 0, backward: int = 0,
+              index: Sequence[int], clean_correct: np.ndarray, broken_eps: np.ndarray | None = None,
+              correct: np.ndarray | None = None, seconds: float = 0.0, forward: int = 0, backward: int = 0,
               params: dict[str, Any] | None = None, keep_examples: bool = True) -> ThreatResult:
+    """Aggregate per-example outcomes: pass `correct` directly, or `broken_eps` of a nested series."""
     clean = np.asarray(clean_correct, dtype=bool)
-    correct = outcomes_at(clean, np.asarray(broken_eps, dtype=float), eps)
+    if correct is None:
+        if broken_eps is None:
+            raise ValueError("summarize needs broken_eps or correct")
+        correct = outcomes_at(clean, np.asarray(broken_eps, dtype=float), eps)
+    correct = np.asarray(correct, dtype=bool)
     n = int(clean.size)
     k = int(correct.sum())
     per = PerExample(tuple(int(i) for i in index), tuple(bool(b) for b in clean),

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .records import ThreatResult, summarize
+from .records import ThreatResult, outcomes_at, summarize
 
 SCHEMA_VERSION = 1
 
@@ -130,6 +130,11 @@ class Cost:
     seconds: float
     forward: int
     backward: int
+
+
+def series_key(attack: str, eps: float) -> str:
+    """Outcome series of a non-nested threat at one strength, e.g. `corruption:fog@3`."""
+    return f"{attack}@{eps:g}"
 
 
 def _now() -> str:
@@ -302,6 +307,20 @@ class ResultStore:
         broken = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=float)
         return idx, clean, broken
 
+    def threat_outcomes(self, run_id: str, model: str, attack: str,
+                        eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index, clean_correct, correct at eps): the one place that knows how outcome series read.
+
+        Attacks store one series per attack whose broken_eps nests across eps (see `outcomes_at`).
+        Threats whose strengths do not nest (a corruption at severity 3 may fool a model that severity 4
+        does not) store one series per strength, keyed `ATTACK@EPS`, where correct = never broken."""
+        key = series_key(attack, eps)
+        idx, clean, broken = self.outcomes(run_id, model, key)
+        if idx.size:
+            return idx, clean, np.isnan(broken)
+        idx, clean, broken = self.outcomes(run_id, model, attack)
+        return idx, clean, outcomes_at(clean, broken, eps)
+
     def attacks_of(self, run_id: str, model: str) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT attack FROM outcomes WHERE run_id=? AND model=? "
                                                "ORDER BY attack", (run_id, model))]
@@ -357,7 +376,7 @@ class ResultStore:
     def recompute(self, run_id: str, model: str, attack: str, eps: float, *, dataset: str = "",
                   norm: str = "", params: dict[str, Any] | None = None) -> ThreatResult:
         """An aggregate rebuilt from the per-example outcomes (the source of truth)."""
-        idx, clean, broken = self.outcomes(run_id, model, attack)
+        idx, clean, correct = self.threat_outcomes(run_id, model, attack, eps)
         seconds, fwd, bwd = self.cost(run_id, model, attack, eps)
         if not dataset or not norm:
             row = self._db.execute("SELECT dataset, norm, params FROM results WHERE run_id=? AND model=? AND "
@@ -366,5 +385,5 @@ class ResultStore:
                 dataset, norm = dataset or row[0], norm or row[1]
                 params = params if params is not None else json.loads(row[2])
         return summarize(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=eps,
-                         index=idx, clean_correct=clean, broken_eps=broken, seconds=seconds, forward=fwd,
+                         index=idx, clean_correct=clean, correct=correct, seconds=seconds, forward=fwd,
                          backward=bwd, params=params)

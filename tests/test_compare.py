@@ -97,7 +97,7 @@ def test_flags_a_real_drop(cli, runs, tmp_path):
     assert summary.read_text().startswith("# earlier step\n### robust-bench compare")
     root = ET.parse(junit).getroot()
     cases = root.findall(".//testcase")
-    assert [c.get("name") for c in cases] == ["clean", "fgsm@0.1", "pgd@0.1"]
+    assert [c.get("name") for c in cases] == ["clean", "fgsm@0.1", "pgd@0.1", "worst-case@0.1"]
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
     assert "pgd@0.1" in failed and "clean" not in failed
     assert root.find("testsuite").get("failures") == str(len(failed))
