@@ -32,6 +32,10 @@ Arguments:
     eot_iter: gradients averaged over this many forward passes (for randomized models; 1).
     n_target_classes (APGD-T): how many of the most likely other classes to target (9; at most
         classes - 1, which is used when the model has fewer).
+    max_batch (APGD-T): target classes are attacked several at a time, as many as keep
+        examples x targets <= max_batch (256); a row that breaks its example stops the example's other
+        rows. Per example the outcome is the paper's (each target run is independent and seeded); the
+        batches are just fuller: few examples are left by then, and a batch of 20 uses a CPU or GPU poorly.
 Example:
     >>> out = APGD(norm="linf", loss="dlr")(model, x, y, eps=8/255)
     >>> out = APGDT()(model, x, y, eps=8/255)
@@ -99,8 +103,10 @@ def _index(state: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torc
 def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str, steps: int,
              loss_fn: LossFn, target: torch.Tensor | None = None, start: torch.Tensor | None = None,
              rho: float = 0.75, momentum: float = 0.75, eot_iter: int = 1,
-             early_stop: bool = True) -> AttackOutput:
+             early_stop: bool = True, groups: torch.Tensor | None = None) -> AttackOutput:
     """One APGD run from x + start on all of x. Success is misclassification (pred != y) in every mode.
+    `groups` (one id per row): rows that attack the same example (e.g. one per target class) share an id,
+    and with early stop a row that succeeds also stops the other rows of its group.
     x_adv: the fooling point where found, else the highest-loss point. Every returned point was
     evaluated by a forward pass in the loop, so `fooled` is exact for a deterministic model."""
     n = x.shape[0]
@@ -141,6 +147,14 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
           "n_incr": torch.zeros(n, device=x.device)}
     if target is not None:
         st["t"] = target
+    if groups is not None:
+        st["grp"] = groups
+
+    def stop(hit: torch.Tensor) -> torch.Tensor:
+        """Rows to drop after `hit`: the hits and, with groups, their siblings."""
+        if "grp" in st:
+            return torch.isin(st["grp"], st["grp"][hit])
+        return hit
 
     def record(logits: torch.Tensor) -> torch.Tensor:
         hit = logits.argmax(1) != st["y"]
@@ -151,7 +165,7 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
 
     hit = record(logits)
     if early_stop and hit.any():
-        st = _index(st, ~hit)
+        st = _index(st, ~stop(hit))
     marks = set(checkpoints(steps))
     last_mark = 0
     for i in range(1, steps + 1):
@@ -188,7 +202,7 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             st["n_incr"] = torch.zeros_like(st["n_incr"])
             last_mark = i
         if early_stop and hit.any():
-            st = _index(st, ~hit)
+            st = _index(st, ~stop(hit))
     # examples never fooled: hand back their highest-loss point
     if st["idx"].numel():
         rest = st["idx"][~fooled[st["idx"]]]
@@ -196,6 +210,14 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             keep = ~fooled[st["idx"]]
             x_adv[rest] = st["xbest"][keep]
     return AttackOutput(x_adv.detach(), fooled, fwd, bwd)
+
+
+def target_group(targets_left: int, examples: int, max_batch: int) -> int:
+    """How many target classes to attack at once: as many as keep examples x targets <= max_batch
+    (at least one). The outcome per example does not depend on it (each (example, target, restart)
+    run has its own seed; an example is broken if any of its runs breaks it); only the batch sizes do.
+    Small batches waste the hardware (the last robust examples of a batch, one target at a time)."""
+    return max(1, min(targets_left, max_batch // max(examples, 1)))
 
 
 def _check_classes(k: int, loss: str, targeted: bool) -> None:
@@ -283,6 +305,7 @@ class APGDT:
     momentum: float = 0.75
     eot_iter: int = 1
     early_stop: bool = True
+    max_batch: int = 256
 
     name = "apgd-t"
 
@@ -296,6 +319,8 @@ class APGDT:
             raise ValueError(f"n_target_classes must be >= 1, got {self.n_target_classes}")
         if self.eot_iter < 1:
             raise ValueError(f"eot_iter must be >= 1, got {self.eot_iter}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -314,29 +339,44 @@ class APGDT:
             _check_classes(k, "dlr", True)
             order = clean.argsort(dim=1)          # ascending: order[:, -1] is the predicted class
             fooled |= order[:, -1] != y           # already misclassified: nothing to do
-            for t in range(min(self.n_target_classes, k - 1)):
+            n_t = min(self.n_target_classes, k - 1)
+            t0 = 0
+            while t0 < n_t:
+                remaining = int((~fooled).sum())
+                if remaining == 0:
+                    break
+                g = target_group(n_t - t0, remaining, self.max_batch)
+                chunk = list(range(t0, t0 + g))
+                t0 += g
                 for r in range(self.restarts):
                     todo = (~fooled).nonzero().squeeze(1)
                     if todo.numel() == 0:
                         break
-                    xs = x[todo]
-                    rs = derive_seeds(None if seeds is None else seeds[todo.cpu()], 2, t, r)
+                    m = todo.numel()
+                    rows = todo.repeat(len(chunk))                    # target-major: chunk[0] rows first
+                    tgt = torch.cat([order[todo, -(t + 2)] for t in chunk])
+                    rs = None if seeds is None else torch.cat(
+                        [derive_seeds(seeds[todo.cpu()], 2, t, r) for t in chunk])
+                    xs = x[rows]
                     start = random_start(xs, eps, self.norm, rs, generator)
-                    out = apgd_run(model, xs, y[todo], eps, norm=self.norm, steps=self.steps,
-                                   loss_fn=targeted_dlr_loss, target=order[todo, -(t + 2)], start=start,
-                                   rho=self.rho, momentum=self.momentum, eot_iter=self.eot_iter,
-                                   early_stop=self.early_stop)
+                    out = apgd_run(model, xs, y[rows], eps, norm=self.norm, steps=self.steps,
+                                   loss_fn=targeted_dlr_loss, target=tgt, start=start, rho=self.rho,
+                                   momentum=self.momentum, eot_iter=self.eot_iter, early_stop=self.early_stop,
+                                   groups=rows if len(chunk) > 1 else None)
                     fwd, bwd = fwd + out.forward, bwd + out.backward
-                    newly = out.fooled
-                    x_adv[todo[newly]] = out.x_adv[newly]
+                    hit = out.fooled.view(len(chunk), m)
+                    first_hit = hit.float().argmax(0)                  # the first target that succeeded
+                    any_hit = hit.any(0)
+                    pick = first_hit * m + torch.arange(m, device=x.device)
                     if first:
-                        x_adv[todo[~newly]] = out.x_adv[~newly]
+                        x_adv[todo] = out.x_adv[pick]                  # highest-loss point of the first target
                         first = False
-                    fooled[todo[newly]] = True
+                    x_adv[todo[any_hit]] = out.x_adv[pick[any_hit]]
+                    fooled[todo[any_hit]] = True
             if verify:
                 fooled, extra = _verify(model, x_adv, y, fooled)
                 fwd += extra
         return AttackOutput(x_adv.detach(), fooled, fwd, bwd)
 
 
-__all__ = ["APGD", "APGDT", "apgd_run", "checkpoints", "derive_seeds", "targeted_dlr_loss"]
+__all__ = ["APGD", "APGDT", "apgd_run", "checkpoints", "derive_seeds", "target_group", "targeted_dlr_loss"]

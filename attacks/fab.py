@@ -28,6 +28,8 @@ Arguments:
     targeted: FAB-T: one run against each of the n_target_classes most likely other classes (False).
     n_target_classes: 9 (at most classes - 1).
     alpha_max, eta, beta: 0.1, 1.05, 0.9 (the paper's values).
+    max_batch: FAB-T attacks several target classes at once, as many as keep examples x targets <=
+        max_batch (256); see APGDT. The outcome per example does not depend on it.
 Example:
     >>> out = FAB(targeted=True)(model, x, y, eps=8/255)
 """
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from ._core import AttackOutput, canonical_norm, check_eps, frozen, random_start
-from .apgd import derive_seeds
+from .apgd import derive_seeds, target_group
 
 
 def hyperplane_box_projection(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
@@ -95,9 +97,12 @@ def _pnorm(d: torch.Tensor, norm: str) -> torch.Tensor:
 
 def fab_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str, steps: int,
             target: torch.Tensor | None = None, start: torch.Tensor | None = None, alpha_max: float = 0.1,
-            eta: float = 1.05, beta: float = 0.9, early_stop: bool = True) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+            eta: float = 1.05, beta: float = 0.9, early_stop: bool = True,
+            groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """One FAB run on all of x. Returns (x_best, best_norm, forward, backward): x_best is the smallest
-    adversarial point found (x itself where none), best_norm its distance (inf where none)."""
+    adversarial point found (x itself where none), best_norm its distance (inf where none).
+    `groups` (one id per row): rows attacking the same example share an id; with early stop, a row
+    that finds a point within eps also stops the other rows of its group."""
     n, shape = x.shape[0], x.shape[1:]
     x_best = x.clone()
     best = torch.full((n,), float("inf"), device=x.device)
@@ -135,13 +140,14 @@ def fab_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 
     x1 = x.clone() if start is None else (x + start).clamp(0, 1)
     idx = torch.arange(n, device=x.device)
-    x0, yy, tt = x, y, target
+    x0, yy, tt, gg = x, y, target, groups
     logits, f, gf = linearize(x1, yy, tt, True)
     # Whether x_{i+1} is adversarial can be read off the pass that linearizes the model there, but an
     # adversarial x_{i+1} is pulled back, and the pulled-back point needs its own linearization. With a
     # fraction q of the batch adversarial per step, that costs (1 + q) linearizations (F + S*B, S the
-    # gradients per example), against F + (F + S*B) for a separate check pass: the cheaper is taken per
-    # step from the last step's q (taking B = 2F). Both compute exactly the same iterates.
+    # gradients per example), against F + (F + S*B) for a separate check pass first: the cheaper is
+    # taken per step from the last step's q, taking B = F (input gradients only, no weight gradients).
+    # Both compute exactly the same iterates.
     s_grads = 1 if target is not None else None
     check_first = False
     for it in range(steps):
@@ -181,12 +187,15 @@ def fab_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
                 x_best[idx[better]] = x1[better]
             done = adv & (best[idx] <= eps) if early_stop else torch.zeros_like(adv)
             back = adv & ~done
+            if gg is not None and done.any():
+                done = torch.isin(gg, gg[done])                         # siblings stop too
             if back.any():                                            # pull back towards x
                 x1 = torch.where(back.view(-1, *([1] * len(shape))), x0 + beta * (x1 - x0), x1)
             keep = ~done
             if not keep.all():
                 idx, x0, x1, yy = idx[keep], x0[keep], x1[keep], yy[keep]
                 tt = None if tt is None else tt[keep]
+                gg = None if gg is None else gg[keep]
                 back = back[keep]
                 if f is not None:
                     f, gf = f[keep], gf[keep]
@@ -201,7 +210,7 @@ def fab_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         if s_grads is None:
             s_grads = gf.shape[1]
         q = float(adv.float().mean())
-        check_first = q > 1.0 / (1.0 + 2.0 * s_grads)
+        check_first = q > 1.0 / (1.0 + s_grads)
     return x_best, best, fwd, bwd
 
 
@@ -216,6 +225,7 @@ class FAB:
     eta: float = 1.05
     beta: float = 0.9
     early_stop: bool = True
+    max_batch: int = 256
 
     name = "fab"
 
@@ -227,6 +237,32 @@ class FAB:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
         if self.n_target_classes < 1:
             raise ValueError(f"n_target_classes must be >= 1, got {self.n_target_classes}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+
+    def _run(self, model, x, y, eps, x_adv, fooled, order, chunk, r, seeds, generator) -> tuple[int, int]:
+        """Restart r against the target classes in `chunk` (untargeted: order None), all at once, on the
+        examples not yet fooled; updates x_adv and fooled in place."""
+        todo = (~fooled).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            return 0, 0
+        m = todo.numel()
+        rows = todo.repeat(len(chunk))
+        tgt = None if order is None else torch.cat([order[todo, -(t + 2)] for t in chunk])
+        xs = x[rows]
+        start = None
+        if r > 0:
+            rs = None if seeds is None else torch.cat([derive_seeds(seeds[todo.cpu()], 3, t, r) for t in chunk])
+            start = random_start(xs, eps / 2, self.norm, rs, generator)
+        xb, size, f_, b_ = fab_run(model, xs, y[rows], eps, norm=self.norm, steps=self.steps, target=tgt,
+                                   start=start, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
+                                   early_stop=self.early_stop, groups=rows if len(chunk) > 1 else None)
+        hit = (size <= eps).view(len(chunk), m)
+        any_hit = hit.any(0)
+        pick = hit.float().argmax(0) * m + torch.arange(m, device=x.device)
+        x_adv[todo[any_hit]] = xb[pick[any_hit]]
+        fooled[todo[any_hit]] = True
+        return f_, b_
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -244,26 +280,20 @@ class FAB:
             k = clean.shape[1]
             order = clean.argsort(dim=1)
             fooled |= order[:, -1] != y
-            targets = [order[:, -(t + 2)] for t in range(min(self.n_target_classes, k - 1))] \
-                if self.targeted else [None]
-            for ti, tgt in enumerate(targets):
+            if self.targeted:
+                n_t = min(self.n_target_classes, k - 1)
+                t0 = 0
+                while t0 < n_t and bool((~fooled).any()):
+                    g = target_group(n_t - t0, int((~fooled).sum()), self.max_batch)
+                    chunk = list(range(t0, t0 + g))
+                    t0 += g
+                    for r in range(self.restarts):
+                        f_, b_ = self._run(model, x, y, eps, x_adv, fooled, order, chunk, r, seeds, generator)
+                        fwd, bwd = fwd + f_, bwd + b_
+            else:
                 for r in range(self.restarts):
-                    todo = (~fooled).nonzero().squeeze(1)
-                    if todo.numel() == 0:
-                        break
-                    xs = x[todo]
-                    start = None
-                    if r > 0:
-                        rs = derive_seeds(None if seeds is None else seeds[todo.cpu()], 3, ti, r)
-                        start = random_start(xs, eps / 2, self.norm, rs, generator)
-                    xb, size, f_, b_ = fab_run(model, xs, y[todo], eps, norm=self.norm, steps=self.steps,
-                                               target=None if tgt is None else tgt[todo], start=start,
-                                               alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
-                                               early_stop=self.early_stop)
+                    f_, b_ = self._run(model, x, y, eps, x_adv, fooled, None, [0], r, seeds, generator)
                     fwd, bwd = fwd + f_, bwd + b_
-                    hit = size <= eps
-                    x_adv[todo[hit]] = xb[hit]
-                    fooled[todo[hit]] = True
             if verify:
                 with torch.no_grad():
                     fooled = model(x_adv).argmax(1) != y
