@@ -367,7 +367,9 @@ class Trainer:
     def _train_epoch(self, epoch, net, attack_net, train_fwd, opt, sched, scaler, sampler, local_bs):
         cfg, d = self.config, self.dist
         sampler.set_epoch(epoch)
-        net.train(cfg.train_backbone)
+        # the wrappers too: `frozen` and `validate` restore the mode of the module they are given
+        for m in (net, attack_net, train_fwd):
+            m.train(cfg.train_backbone)
         stats = torch.zeros(3, dtype=torch.float64, device=d.device)   # loss sum, correct, count
         bar = None
         if self.progress and d.main:

@@ -539,10 +539,14 @@ def run(args: argparse.Namespace) -> int:
         teardown_distributed(dist)
 
 
-def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_path, resume) -> int:
+def _train(args, dist, say, *, norm, eps, step_size, lr, finetune, out, state_path, resume) -> int:
     from attacks import check_eps
     from defenses import StreamData, TensorData, TrainConfig, Trainer, TrainingError, make_recipe
     from ..data import load_dataset
+
+    # notes wait until every check has passed: bad input prints its one error line and nothing else
+    pending: list[str] = []
+    log = pending.append
 
     torch.manual_seed(args.seed)
     # -- data: the model's preprocessing (resize/crop) applies, so a --model is loaded first --
@@ -651,6 +655,9 @@ def _train(args, dist, log, *, norm, eps, step_size, lr, finetune, out, state_pa
                         "--val-size or --seed differ)")
     log_dir = None if (args.log_dir or "").lower() == "none" else Path(args.log_dir or Path("runs") / out.stem)
     epoch_log = _EpochLog(log_dir if dist.main else None, (resume or {}).get("history") or [], log)
+    for line in pending:
+        say(line)
+    log = say
     log(f"training {plan.arch or args.model} on {dinfo.name}: {len(train_idx)} examples, {val_size} for validation, "
         f"defense {args.defense}" + (f" (eps {_eps_label(eps)} {norm})" if args.defense != "standard" else "")
         + f", {config.epochs} epochs of {len(train_idx) // config.batch_size} steps"
