@@ -40,6 +40,11 @@ from .models import LoadedModel, ModelOptions, create_model
 WORST_CASE = "worst-case"
 
 
+def corruption_label(name: str) -> str:
+    """How a corruption appears as a threat: attack `corruption:NAME`, eps = severity."""
+    return f"corruption:{name}"
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
@@ -69,6 +74,9 @@ class RunSpec:
     channels_last: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
     tag: str | None = None
+    corruptions: tuple[str, ...] = ()            # common corruptions, each evaluated at every severity
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    corruption_preset: str | None = None         # imagenet-c | cifar10-c | None: by image size
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -264,7 +272,25 @@ class Evaluator:
         self.device = resolve_device(self.world.device_name(spec.device))
         if spec.batch_size != "auto" and (not isinstance(spec.batch_size, int) or spec.batch_size < 1):
             raise UserError(f"--batch-size must be a number >= 1 or auto, got {spec.batch_size}")
-        self.attacks = parse_attacks(spec)
+        self.attacks = parse_attacks(self.spec)
+        self._check_corruptions()
+
+    def _check_corruptions(self) -> None:
+        if not self.spec.corruptions:
+            if not self.attacks:
+                raise UserError("nothing to evaluate: give at least one attack or corruption")
+            return
+        from attacks.corruptions import CORRUPTIONS, PRESETS
+        for name in self.spec.corruptions:
+            if name not in CORRUPTIONS:
+                from .errors import unknown
+                raise unknown("corruption", name, CORRUPTIONS)
+        bad = [s for s in self.spec.severities if s not in (1, 2, 3, 4, 5)]
+        if bad or not self.spec.severities:
+            raise UserError(f"severities are 1..5, got {', '.join(map(str, bad)) or 'none'}")
+        if self.spec.corruption_preset is not None and self.spec.corruption_preset not in PRESETS:
+            raise UserError(f"unknown corruption preset {self.spec.corruption_preset!r}; "
+                            f"known: {', '.join(sorted(PRESETS))}")
 
     # ---- preparation: everything that can fail on bad input happens before the store is touched ----
     def prepare(self) -> list[Prepared]:
@@ -491,7 +517,35 @@ class Evaluator:
             # AutoAttack's principle for any list: robust only if it survived every attack
             outcomes.extend(Outcome(WORST_CASE, int(i), bool(c), None if np.isnan(b) else float(b))
                             for i, c, b in zip(idx, clean_np, worst))
+        self._corruptions(p, idx, x, y, clean_np, outcomes, costs)
         return outcomes, costs
+
+    def _corruptions(self, p: Prepared, idx: np.ndarray, x: torch.Tensor, y: torch.Tensor, clean_np: np.ndarray,
+                     outcomes: list[Outcome], costs: list[Cost]) -> None:
+        """Accuracy under each corruption and severity, on every example (not only clean-correct ones:
+        corruption accuracy is plain accuracy on corrupted images). Each severity is its own outcome
+        series (`corruption:NAME@S`), since severities do not nest the way eps-balls do. Random draws are
+        seeded per (run seed, corruption, severity, batch), and batches are fixed by the batch size."""
+        if not self.spec.corruptions:
+            return
+        from attacks.corruptions import corrupt
+        from leaderboards.store import series_key
+        model = p.model.module
+        xc_in = x.contiguous()
+        for name in self.spec.corruptions:
+            label = corruption_label(name)
+            for sev in self.spec.severities:
+                t0 = time.perf_counter()
+                g = torch.Generator().manual_seed(int(example_seeds(self.spec.seed, label, float(sev), idx[:1])[0]))
+                xc = corrupt(xc_in, name, sev, generator=g, preset=self.spec.corruption_preset)
+                if self.spec.channels_last and xc.dim() == 4:
+                    xc = xc.contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():
+                    ok = (model(xc).argmax(1) == y).cpu().numpy()
+                costs.append(Cost(label, float(sev), time.perf_counter() - t0, len(idx), 0))
+                key = series_key(label, float(sev))
+                outcomes.extend(Outcome(key, int(i), bool(c), None if k else 0.0)
+                                for i, c, k in zip(idx, clean_np, ok))
 
     def _check_contract(self, label: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> None:
         """An attack's output must be a valid point of the threat model, or no number is reported."""
@@ -521,13 +575,20 @@ class Evaluator:
                     results.append(dataclasses.replace(
                         worst, seconds=sum(r.seconds for r in per_attack),
                         forward=sum(r.forward for r in per_attack), backward=sum(r.backward for r in per_attack)))
+            for name in self.spec.corruptions:
+                for sev in self.spec.severities:
+                    results.append(self.store.recompute(
+                        run_id, p.label, corruption_label(name), float(sev), dataset=p.dataset_name,
+                        norm="corruption", params={"severity": sev, "preset": self.spec.corruption_preset}))
         self.store.finish_run(run_id, results)
         return [dataclasses.replace(r, per_example=None) for r in results]
 
 
-def export_json(outcome: RunOutcome, store: ResultStore, path: str | Path) -> None:
+def export_json(outcome: RunOutcome, store: ResultStore, path: str | Path,
+                extra: dict[str, Any] | None = None) -> None:
     """The run's metadata and every result with its per-example outcomes, accuracies as fractions."""
     results = [dataclasses.replace(r, per_example=store.recompute(r.run_id, r.model, r.attack, r.eps).per_example
                                    ).to_json() for r in outcome.results]
-    doc = {"run": {"run_id": outcome.run_id, **outcome.metadata, "spec": outcome.spec}, "results": results}
+    doc = {"run": {"run_id": outcome.run_id, **outcome.metadata, "spec": outcome.spec}, "results": results,
+           **(extra or {})}
     Path(path).write_text(json.dumps(doc, indent=1, default=str))

@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start PGD from a random point of the eps-ball (default: yes)")
     a.add_argument("--loss", choices=("ce", "margin", "dlr"), help="loss iterative attacks ascend (default: ce)")
     a.add_argument("--attack-args", help="extra key=value,... passed to every attack that takes them")
+    c = p.add_argument_group("common corruptions (--attack corruptions)")
+    c.add_argument("--corruptions", default="all15",
+                   help="comma-separated corruption names, all15 (the standard 15, default) or all19 (+ the 4 extra)")
+    c.add_argument("--severity", default="1-5", help="severities: 1-5 (default), 3, or 1,3,5")
+    c.add_argument("--corruption-preset", choices=("imagenet-c", "cifar10-c"),
+                   help="parameter table (default: by image size, cifar10-c up to 64 px)")
+    c.add_argument("--baseline", help="mCE reference: alexnet (ImageNet-C's, the default on imagenet-sized "
+                                      "images) or a stored run id evaluated on the same corruptions")
     m = p.add_argument_group("model options")
     m.add_argument("--weights", help="weights for the model (a state_dict checkpoint in a common layout; for "
                                      "robustbench: the model directory)")
@@ -101,7 +109,12 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
               "step_size": parse_number(args.step_size, "step size") if args.step_size else None}
     common.update(parse_kv(args.attack_args))
     params = tuple(sorted((k, v) for k, v in common.items() if v is not None))
-    attacks = protocol_attacks or tuple(AttackSpec(name, params) for name in parse_list(args.attack))
+    names = parse_list(args.attack)
+    corruptions: tuple[str, ...] = ()
+    if "corruptions" in names:
+        names = tuple(n for n in names if n != "corruptions")
+        corruptions = parse_corruptions(args.corruptions)
+    attacks = protocol_attacks or tuple(AttackSpec(name, params) for name in names)
     opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
                         std=parse_channels(args.std, "std"), num_classes=args.num_classes,
                         allow_unsafe=args.unsafe_load, threat={"linf": "Linf", "l2": "L2"}[args.norm])
@@ -109,7 +122,35 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
                    attacks=attacks, norm=args.norm, eps=parse_eps_list(args.eps) if args.eps else None,
                    n_examples=args.n_examples, subset=args.subset, seed=args.seed, batch_size=args.batch_size,
                    device=args.device, precision=args.precision, channels_last=args.channels_last,
-                   model_options=opts, tag=args.tag)
+                   model_options=opts, tag=args.tag, corruptions=corruptions,
+                   severities=parse_severities(args.severity), corruption_preset=args.corruption_preset)
+
+
+def parse_corruptions(text: str) -> tuple[str, ...]:
+    from attacks.corruptions import CORRUPTIONS, STANDARD
+    key = text.strip().lower()
+    if key in ("all", "all15"):
+        return tuple(STANDARD)
+    if key == "all19":
+        return tuple(CORRUPTIONS)
+    return parse_list(text)
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                out.extend(range(lo, hi + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"bad --severity {text!r}: expected e.g. 1-5, 3 or 1,3,5") from None
+    if not out or any(s < 1 or s > 5 for s in out):
+        raise UserError(f"bad --severity {text!r}: severities are 1..5")
+    return tuple(sorted(set(out)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,11 +186,20 @@ def run(args: argparse.Namespace) -> int:
                         raise UserError(str(e)) from None
                 outcome = evaluator.run(store, prepared)
                 if world.main:
-                    print(format_table(outcome.results))
+                    attack_rows = [r for r in outcome.results if r.norm != "corruption"]
+                    corruption_rows = [r for r in outcome.results if r.norm == "corruption"]
+                    if attack_rows:
+                        print(format_table(attack_rows))
+                    summaries = {}
+                    if corruption_rows:
+                        summaries = corruption_summaries(corruption_rows, args.baseline, store)
+                        print(format_corruptions(corruption_rows, summaries))
                     if not args.quiet:
                         print(f"\nrun {outcome.run_id} stored in {args.db}")
                     if args.json:
-                        export_json(outcome, store, args.json)
+                        export_json(outcome, store, args.json,
+                                    extra={"corruption_summary": {m: v.to_json() for m, v in summaries.items()}}
+                                    if summaries else None)
         finally:
             if store is not None:
                 store.close()
@@ -210,3 +260,72 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
     out = [f"robust accuracy % [95% Wilson interval], {norm}"] + [line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
+
+
+def _by_corruption(rows: Sequence["ThreatResult"]) -> dict[str, dict[int, float]]:
+    acc: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        acc[r.attack.split(":", 1)[1]][int(r.eps)] = r.accuracy
+    return acc
+
+
+def corruption_summaries(rows: Sequence["ThreatResult"], baseline: str | None, store) -> dict:
+    """Per model: mean corruption accuracy, and CE / mCE / relative mCE against the baseline."""
+    from leaderboards.corruption_metrics import ALEXNET, baseline_from_accuracy, summarize_corruptions
+    base = None
+    if baseline and baseline.lower() == "alexnet":
+        base = ALEXNET
+    elif baseline:
+        from leaderboards import StoreError
+        try:
+            run = store.get_run(baseline)
+        except StoreError as e:
+            raise UserError(str(e)) from None
+        ref = [r for r in store.results(run.run_id) if r.norm == "corruption"]
+        if not ref:
+            raise UserError(f"baseline run {baseline} has no corruption results")
+        base = baseline_from_accuracy(f"{ref[0].model} (run {run.run_id})", _by_corruption(ref), ref[0].clean_accuracy)
+    out = {}
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        b = base
+        if b is None and max(_image_side(store, r) for r in mine[:1]) >= 128:
+            b = ALEXNET
+        out[model] = summarize_corruptions(_by_corruption(mine), mine[0].clean_accuracy, b)
+    return out
+
+
+def _image_side(store, r: "ThreatResult") -> int:
+    for row in store.model_rows(r.run_id):
+        if row["model"] == r.model:
+            size = (row["info"].get("dataset") or {}).get("image_size") or [0]
+            return max(size)
+    return 0
+
+
+def format_corruptions(rows: Sequence["ThreatResult"], summaries: dict) -> str:
+    """A block per model: a row per corruption, a column per severity, then the summary line."""
+    sevs = sorted({int(r.eps) for r in rows})
+    out = ["accuracy % under common corruptions"]
+    for model, summ in summaries.items():
+        acc = _by_corruption([r for r in rows if r.model == model])
+        header = ["model", "corruption"] + [f"s{s}" for s in sevs] + ["mean"] + (["CE"] if summ.ce else [])
+        body = []
+        for c, by_s in acc.items():
+            cells = [f"{100 * by_s[s]:.1f}" if s in by_s else "" for s in sevs]
+            mean = sum(by_s.values()) / len(by_s)
+            body.append([model, c] + cells + [f"{100 * mean:.1f}"] +
+                        ([f"{100 * summ.ce[c]:.1f}" if c in summ.ce else "-"] if summ.ce else []))
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+        line = lambda cells: "  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip()  # noqa: E731
+        out += [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
+        text = (f"{model}: clean {100 * summ.clean_accuracy:.1f}%, mean corruption accuracy "
+                f"{100 * summ.mean_accuracy:.1f}% (corruption error {100 * (1 - summ.mean_accuracy):.1f}%)")
+        if summ.mce is not None:
+            text += f", mCE {100 * summ.mce:.1f}%"
+        if summ.relative_mce is not None:
+            text += f", relative mCE {100 * summ.relative_mce:.1f}%"
+        if summ.baseline:
+            text += f" vs {summ.baseline}"
+        out += [text, ""]
+    return "\n".join(out).rstrip()
