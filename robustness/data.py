@@ -206,6 +206,17 @@ def _imagenet(root: Path | None, split: str, pre: Preprocess | None, download: b
 register_dataset("imagenet", _imagenet, "ImageNet validation from a local folder (--data-dir), canonical class order")
 
 
+def _precomputed(name: str):
+    def load(root, split, pre, download):
+        raise UserError(f"{name} holds corrupted images: evaluate it with --attack corruptions")
+    return load
+
+
+for _name, _what in (("cifar10-c", "CIFAR-10-C"), ("cifar100-c", "CIFAR-100-C"), ("imagenet-c", "ImageNet-C")):
+    register_dataset(_name, _precomputed(_name), f"{_what}, the published precomputed files (--data-dir; "
+                     f"with --attack corruptions)")
+
+
 # ---- folders and array files ----
 
 def image_folder(path: Path, pre: Preprocess | None, *, name: str | None = None,

@@ -33,6 +33,7 @@ from leaderboards import Cost, Outcome, ResultStore, ThreatResult
 
 from .data import LoadedDataset, indices_sha256, load_dataset, select_indices
 from .distributed import World
+from .precomputed import PRECOMPUTED, open_precomputed
 from .errors import UserError
 from .models import LoadedModel, ModelOptions, create_model
 
@@ -77,6 +78,8 @@ class RunSpec:
     corruptions: tuple[str, ...] = ()            # common corruptions, each evaluated at every severity
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     corruption_preset: str | None = None         # imagenet-c | cifar10-c | None: by image size
+    clean_dataset: str | None = None             # clean set beside a precomputed one (cifar10-c, ...)
+    clean_data_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +96,7 @@ class Prepared:
     dataset_name: str
     indices: np.ndarray
     eps: tuple[float, ...]
+    corrupted: Any = None   # a PrecomputedCorruptions source, or None: corrupt on the fly
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,16 @@ class RunOutcome:
     results: tuple[ThreatResult, ...]
     metadata: dict[str, Any]
     spec: dict[str, Any]
+
+
+def _labels(data: LoadedDataset) -> np.ndarray | None:
+    """All labels without decoding images, where the data set keeps them in a list or tensor."""
+    ds = data.dataset
+    for attr in ("targets", "y", "labels"):
+        v = getattr(ds, attr, None)
+        if v is not None:
+            return np.asarray(v).reshape(-1)
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -304,8 +318,18 @@ class Evaluator:
             ds_name = self.spec.dataset or loaded.info.dataset
             if ds_name is None:
                 raise UserError(f"model {name} does not say which data set it was made for: pass --dataset")
-            data = load_dataset(ds_name, data_dir=self.spec.data_dir, split=self.spec.split,
-                                preprocess=loaded.info.preprocess)
+            corrupted = None
+            if ds_name in PRECOMPUTED:
+                if not self.spec.corruptions:
+                    raise UserError(f"{ds_name} holds corrupted images: evaluate it with --attack corruptions")
+                data = load_dataset(self.spec.clean_dataset or PRECOMPUTED[ds_name],
+                                    data_dir=self.spec.clean_data_dir or self.spec.data_dir, split="test",
+                                    preprocess=loaded.info.preprocess)
+                corrupted = open_precomputed(ds_name, self.spec.data_dir, len(data), loaded.info.preprocess)
+                corrupted.check(self.spec.corruptions, self.spec.severities, _labels(data))
+            else:
+                data = load_dataset(ds_name, data_dir=self.spec.data_dir, split=self.spec.split,
+                                    preprocess=loaded.info.preprocess)
             indices = select_indices(len(data), self.spec.n_examples, self.spec.subset, self.spec.seed)
             eps = self.spec.eps if self.spec.eps is not None else data.info.default_eps.get(self.norm)
             if not eps:
@@ -316,8 +340,8 @@ class Evaluator:
                 except ValueError as err:
                     raise UserError(str(err)) from None
             module = prepare_module(loaded.module, self.device, self.spec.precision, self.spec.channels_last)
-            p = Prepared(label, LoadedModel(module, loaded.info), data, data.info.name, indices,
-                         tuple(sorted(set(float(e) for e in eps))))
+            p = Prepared(label, LoadedModel(module, loaded.info), data, ds_name if corrupted else data.info.name,
+                         indices, tuple(sorted(set(float(e) for e in eps))), corrupted)
             if self.spec.batch_size == "auto":
                 size = auto_batch_size(module, data, self.device, len(indices), self.spec.channels_last)
                 size = self.world.broadcast(size) if self.world.active else size
@@ -536,8 +560,11 @@ class Evaluator:
             label = corruption_label(name)
             for sev in self.spec.severities:
                 t0 = time.perf_counter()
-                g = torch.Generator().manual_seed(int(example_seeds(self.spec.seed, label, float(sev), idx[:1])[0]))
-                xc = corrupt(xc_in, name, sev, generator=g, preset=self.spec.corruption_preset)
+                if p.corrupted is not None:
+                    xc = p.corrupted.batch(name, sev, idx).to(self.device)
+                else:
+                    g = torch.Generator().manual_seed(int(example_seeds(self.spec.seed, label, float(sev), idx[:1])[0]))
+                    xc = corrupt(xc_in, name, sev, generator=g, preset=self.spec.corruption_preset)
                 if self.spec.channels_last and xc.dim() == 4:
                     xc = xc.contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():

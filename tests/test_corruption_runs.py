@@ -94,3 +94,52 @@ def test_corruptions_grid_command(cli, tmp_path):
     assert w > h > 0  # 5 severities across, 2 corruptions down
     bad = cli("corruptions-grid", "--out", tmp_path / "missing" / "g.png")
     assert bad.code == 2
+
+
+def _fake_cifar10_c(tmp_path, n=60):
+    """A CIFAR-10-C-shaped folder made from the first n shared test images with our own corruptions
+    (the published files are 2.5 GB and cannot be downloaded here); the clean set as an .npz."""
+    import torch
+    from attacks.corruptions import corrupt
+    from robustness.data import load_dataset
+    from .conftest import CIFAR_TEST, need
+    data = load_dataset(str(need(CIFAR_TEST))).dataset
+    x = torch.stack([data[i][0] for i in range(n)])
+    y = np.array([data.samples[i][1] for i in range(n)])
+    to_u8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    np.savez(tmp_path / "clean.npz", x=to_u8(x), y=y)
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    for name in ("pixelate", "contrast"):
+        g = torch.Generator().manual_seed(0)
+        np.save(root / f"{name}.npy", np.concatenate([to_u8(corrupt(x, name, s, generator=g)) for s in range(1, 6)]))
+    np.save(root / "labels.npy", np.tile(y, 5))
+    return root, tmp_path / "clean.npz"
+
+
+def test_precomputed_cifar10_c_files(cli, tmp_path, shared_resnet20):
+    root, clean = _fake_cifar10_c(tmp_path)
+    from .conftest import CIFAR_MEAN, CIFAR_STD, ROOT
+    model = ["--model", f"{ROOT / 'robustness' / 'archs.py'}:resnet20", "--weights", shared_resnet20,
+             "--mean", CIFAR_MEAN, "--std", CIFAR_STD]
+    pre = cli("run", *model, "--dataset", "cifar10-c", "--data-dir", root, "--clean-dataset", clean,
+              "--attack", "corruptions", "--corruptions", "pixelate,contrast", "--db", tmp_path / "r.db",
+              "--json", tmp_path / "pre.json")
+    assert pre.code == 0, pre
+    fly = cli("run", *model, "--dataset", clean, "--attack", "corruptions", "--corruptions", "pixelate,contrast",
+              "--db", tmp_path / "r.db", "--json", tmp_path / "fly.json")
+    assert fly.code == 0, fly
+    a = {(r["attack"], r["eps"]): r["accuracy"] for r in json.loads((tmp_path / "pre.json").read_text())["results"]}
+    b = {(r["attack"], r["eps"]): r["accuracy"] for r in json.loads((tmp_path / "fly.json").read_text())["results"]}
+    assert a.keys() == b.keys() and len(a) == 10
+    # deterministic corruptions: the same images up to uint8 rounding of the stored files
+    assert all(abs(a[k] - b[k]) <= 0.05 for k in a), (a, b)
+    missing = cli("run", *model, "--dataset", "cifar10-c", "--data-dir", root, "--clean-dataset", clean,
+                  "--attack", "corruptions", "--corruptions", "snow", "--db", tmp_path / "r.db")
+    assert missing.code == 2 and "snow.npy is missing" in missing.err
+    np.save(root / "pixelate.npy", np.zeros((7, 32, 32, 3), np.uint8))
+    wrong = cli("run", *model, "--dataset", "cifar10-c", "--data-dir", root, "--clean-dataset", clean,
+                "--attack", "corruptions", "--corruptions", "pixelate", "--db", tmp_path / "r.db")
+    assert wrong.code == 2 and "has shape (7, 32, 32, 3)" in wrong.err
+    plain = cli("run", *model, "--dataset", "cifar10-c", "--data-dir", root, "--db", tmp_path / "r.db")
+    assert plain.code == 2 and "--attack corruptions" in plain.err

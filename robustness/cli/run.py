@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--severity", default="1-5", help="severities: 1-5 (default), 3, or 1,3,5")
     c.add_argument("--corruption-preset", choices=("imagenet-c", "cifar10-c"),
                    help="parameter table (default: by image size, cifar10-c up to 64 px)")
+    c.add_argument("--clean-dataset", help="with --dataset cifar10-c|cifar100-c|imagenet-c: the clean test set "
+                                           "the files were made from (default: cifar10 / cifar100 / imagenet)")
+    c.add_argument("--clean-data-dir", help="root of the clean test set (default: --data-dir)")
     c.add_argument("--baseline", help="mCE reference: alexnet (ImageNet-C's, the default on imagenet-sized "
                                       "images) or a stored run id evaluated on the same corruptions")
     m = p.add_argument_group("model options")
@@ -123,7 +126,8 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
                    n_examples=args.n_examples, subset=args.subset, seed=args.seed, batch_size=args.batch_size,
                    device=args.device, precision=args.precision, channels_last=args.channels_last,
                    model_options=opts, tag=args.tag, corruptions=corruptions,
-                   severities=parse_severities(args.severity), corruption_preset=args.corruption_preset)
+                   severities=parse_severities(args.severity), corruption_preset=args.corruption_preset,
+                   clean_dataset=args.clean_dataset, clean_data_dir=args.clean_data_dir)
 
 
 def parse_corruptions(text: str) -> tuple[str, ...]:
