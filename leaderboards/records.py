@@ -14,12 +14,17 @@ from .stats import wilson_interval
 
 @dataclass(frozen=True)
 class PerExample:
+    """`broken_eps`: the smallest tested eps that broke each example (None: none did; 0: wrong clean),
+    for attacks whose eps-balls nest; None for threats stored per strength (corruptions)."""
     index: tuple[int, ...]
     clean_correct: tuple[bool, ...]
     correct: tuple[bool, ...]
+    broken_eps: tuple[float | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.index) == len(self.clean_correct) == len(self.correct)):
+            raise ValueError("per-example arrays differ in length")
+        if self.broken_eps is not None and len(self.broken_eps) != len(self.index):
             raise ValueError("per-example arrays differ in length")
 
 
@@ -46,7 +51,7 @@ class ThreatResult:
         d = asdict(self)
         d["ci95"] = list(self.ci95)
         if self.per_example is not None:
-            d["per_example"] = {k: list(v) for k, v in asdict(self.per_example).items()}
+            d["per_example"] = {k: list(v) for k, v in asdict(self.per_example).items() if v is not None}
         return d
 
 
@@ -69,11 +74,17 @@ def summarize(*, run_id: str, model: str, dataset: str, attack: str, norm: str, 
         if broken_eps is None:
             raise ValueError("summarize needs broken_eps or correct")
         correct = outcomes_at(clean, np.asarray(broken_eps, dtype=float), eps)
+    elif broken_eps is not None and not np.array_equal(
+            np.asarray(correct, dtype=bool), outcomes_at(clean, np.asarray(broken_eps, dtype=float), eps)):
+        raise ValueError("correct and broken_eps disagree")
     correct = np.asarray(correct, dtype=bool)
     n = int(clean.size)
     k = int(correct.sum())
+    broken = None
+    if broken_eps is not None:
+        broken = tuple(None if np.isnan(b) else float(b) for b in np.asarray(broken_eps, dtype=float))
     per = PerExample(tuple(int(i) for i in index), tuple(bool(b) for b in clean),
-                     tuple(bool(b) for b in correct)) if keep_examples else None
+                     tuple(bool(b) for b in correct), broken) if keep_examples else None
     return ThreatResult(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=float(eps),
                         n=n, clean_accuracy=float(clean.mean()) if n else 0.0,
                         accuracy=k / n if n else 0.0, ci95=wilson_interval(k, n), seconds=float(seconds),

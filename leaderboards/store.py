@@ -377,6 +377,8 @@ class ResultStore:
                   norm: str = "", params: dict[str, Any] | None = None) -> ThreatResult:
         """An aggregate rebuilt from the per-example outcomes (the source of truth)."""
         idx, clean, correct = self.threat_outcomes(run_id, model, attack, eps)
+        nested = self.outcomes(run_id, model, attack)
+        broken = nested[2] if nested[0].size == idx.size and np.array_equal(nested[0], idx) else None
         seconds, fwd, bwd = self.cost(run_id, model, attack, eps)
         if not dataset or not norm:
             row = self._db.execute("SELECT dataset, norm, params FROM results WHERE run_id=? AND model=? AND "
@@ -385,5 +387,6 @@ class ResultStore:
                 dataset, norm = dataset or row[0], norm or row[1]
                 params = params if params is not None else json.loads(row[2])
         return summarize(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=eps,
-                         index=idx, clean_correct=clean, correct=correct, seconds=seconds, forward=fwd,
+                         index=idx, clean_correct=clean, correct=correct, broken_eps=broken,
+                         seconds=seconds, forward=fwd,
                          backward=bwd, params=params)

@@ -188,6 +188,10 @@ def test_json_export(tmp_path, cli):
         assert len(pe["index"]) == len(pe["clean_correct"]) == len(pe["correct"]) == r["n"] == 50
         assert sum(pe["correct"]) == round(r["accuracy"] * 50)
         assert not any(c and not k for c, k in zip(pe["correct"], pe["clean_correct"]))
+        # the smallest tested eps that broke each example agrees with its outcome at this eps
+        for ok, clean, b in zip(pe["correct"], pe["clean_correct"], pe["broken_eps"]):
+            assert ok == (clean and (b is None or b > r["eps"]))
+            assert clean or b == 0
 
 
 def test_worst_case_is_per_example_and_at_most_each_attack(tmp_path):
