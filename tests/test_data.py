@@ -104,3 +104,24 @@ def test_resnet20_reproduces_its_published_accuracy(cli, shared_resnet20, cifar_
     r = json.loads((tmp_path / "o.json").read_text())["results"][0]
     assert r["n"] == 10_000
     assert round(100 * r["clean_accuracy"], 2) == 91.73
+
+
+def test_imagenet_validation_folder_in_canonical_order(tmp_path):
+    """1000 WordNet-id folders (one tiny image each): classes sorted by wnid, the model's resize/crop
+    applied, and a folder with the wrong number of classes refused."""
+    from PIL import Image
+    from robustness.models import Preprocess
+    rng = np.random.RandomState(0)
+    wnids = [f"n{10_000_000 + 7919 * i:08d}" for i in range(1000)]
+    val = tmp_path / "val"
+    for w in reversed(wnids):
+        (val / w).mkdir(parents=True)
+        Image.fromarray(rng.randint(0, 256, (20, 30, 3), dtype=np.uint8)).save(val / w / "ILSVRC2012_val.png")
+    data = load_dataset("imagenet", data_dir=str(tmp_path), preprocess=Preprocess(resize=256, crop=224))
+    assert data.info.num_classes == 1000 and list(data.info.classes) == sorted(wnids)
+    x, y = data.dataset[5]
+    assert x.shape == (3, 224, 224) and y == 5
+    import shutil
+    shutil.rmtree(val / wnids[0])
+    with pytest.raises(UserError, match="999 class folders"):
+        load_dataset("imagenet", data_dir=str(tmp_path))
