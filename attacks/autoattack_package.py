@@ -29,6 +29,7 @@ Arguments:
     norm: "linf" or "l2".
     version: "standard", "plus" or "rand".
     batch_size: the package's batch size (250).
+    square_queries: Square's query budget (None: the version's, 5000); for quick comparisons.
 Example:
     >>> out = AutoAttackPackage(norm="linf")(model, x, y, eps=8/255)
 """
@@ -97,6 +98,7 @@ class AutoAttackPackage:
     norm: str = "linf"
     version: str = "standard"
     batch_size: int = 250
+    square_queries: int | None = None
 
     name = "autoattack-package"
 
@@ -106,6 +108,8 @@ class AutoAttackPackage:
             raise ValueError(f"unknown AutoAttack version {self.version!r}; expected standard, plus or rand")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.square_queries is not None and self.square_queries < 1:
+            raise ValueError(f"square_queries must be >= 1, got {self.square_queries}")
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, verify: bool = True, **_: Any) -> AttackOutput:
@@ -144,6 +148,8 @@ class AutoAttackPackage:
         targets = min(9, k - 1)
         aa.apgd_targeted.n_target_classes = targets
         aa.fab.n_target_classes = targets
+        if self.square_queries is not None:
+            aa.square.n_queries = self.square_queries
         lineup = list(aa.attacks_to_run)
         drop = []
         if k < 4:
