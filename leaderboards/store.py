@@ -3,7 +3,7 @@
 Why SQLite: one file a user can copy, transactional batches (a killed run loses at most the batch in
 flight and never half of one), and safe concurrent writers through WAL and `BEGIN IMMEDIATE`.
 
-Tables (schema version 1):
+Tables (schema version 2; version 1 lacked `warnings`, added on open):
   runs      one row per invocation-with-the-same-arguments; `key` identifies the arguments, so the
             same command finds its unfinished run and resumes it.
   models    per (run, model): data set, model metadata, example indices.
@@ -12,6 +12,7 @@ Tables (schema version 1):
   costs     per (run, model, attack, eps, batch): seconds, forward and backward example-passes.
   batches   per (run, model, batch): the completion marker, written in the same transaction.
   results   aggregates per (run, model, attack, eps), derived from outcomes when a run finishes.
+  warnings  findings of the sanity checks (why a number may not be trusted), per run.
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .records import ThreatResult, outcomes_at, summarize
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +79,15 @@ CREATE TABLE IF NOT EXISTS costs (
     backward INTEGER NOT NULL,
     PRIMARY KEY (run_id, model, attack, eps, batch)
 );
+CREATE TABLE IF NOT EXISTS warnings (
+    run_id  TEXT NOT NULL,
+    model   TEXT,
+    attack  TEXT,
+    eps     REAL,
+    code    TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS warnings_by_run ON warnings(run_id);
 CREATE TABLE IF NOT EXISTS results (
     run_id         TEXT NOT NULL,
     model          TEXT NOT NULL,
@@ -247,7 +257,7 @@ class ResultStore:
 
     def delete_run(self, run_id: str) -> None:
         with self._tx() as db:
-            for table in ("results", "costs", "outcomes", "batches", "models", "runs"):
+            for table in ("warnings", "results", "costs", "outcomes", "batches", "models", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
 
     def register_model(self, run_id: str, model: str, dataset: str, info: dict[str, Any],
@@ -331,8 +341,19 @@ class ResultStore:
                              "AND eps=?", (run_id, model, attack, float(eps))).fetchone()
         return float(r[0]), int(r[1]), int(r[2])
 
-    def finish_run(self, run_id: str, results: Sequence[ThreatResult]) -> None:
+    def warnings(self, run_id: str) -> list[dict[str, Any]]:
+        return [{"code": r["code"], "message": r["message"], "model": r["model"], "attack": r["attack"],
+                 "eps": r["eps"]}
+                for r in self._db.execute("SELECT * FROM warnings WHERE run_id=? ORDER BY rowid", (run_id,))]
+
+    def finish_run(self, run_id: str, results: Sequence[ThreatResult],
+                   warnings: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Store the aggregates and the checks' findings, and mark the run complete, in one transaction."""
         with self._tx() as db:
+            db.execute("DELETE FROM warnings WHERE run_id=?", (run_id,))
+            db.executemany("INSERT INTO warnings(run_id, model, attack, eps, code, message) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(run_id, w.get("model"), w.get("attack"), w.get("eps"), w["code"], w["message"])
+                            for w in warnings])
             db.execute("DELETE FROM results WHERE run_id=?", (run_id,))
             db.executemany(
                 "INSERT INTO results(run_id, model, dataset, attack, norm, eps, n, clean_accuracy, accuracy, "

@@ -97,6 +97,7 @@ class Prepared:
     indices: np.ndarray
     eps: tuple[float, ...]
     corrupted: Any = None   # a PrecomputedCorruptions source, or None: corrupt on the fly
+    findings: tuple[Any, ...] = ()   # the model checks' findings on the first batch
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class RunOutcome:
     results: tuple[ThreatResult, ...]
     metadata: dict[str, Any]
     spec: dict[str, Any]
+    warnings: tuple[dict[str, Any], ...] = ()
 
 
 def _labels(data: LoadedDataset) -> np.ndarray | None:
@@ -347,7 +349,7 @@ class Evaluator:
                 size = self.world.broadcast(size) if self.world.active else size
                 self.spec = dataclasses.replace(self.spec, batch_size=size)
                 self.log(f"--batch-size auto: {size}")
-            self._probe(p)
+            p = dataclasses.replace(p, findings=tuple(self._probe(p)))
             prepared.append(p)
         return prepared
 
@@ -364,8 +366,9 @@ class Evaluator:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device)
 
-    def _probe(self, p: Prepared) -> None:
-        """Shape, class-count and NaN checks on the first batch, naming both model and data set."""
+    def _probe(self, p: Prepared) -> list[Any]:
+        """Shape, class-count and NaN checks on the first batch, naming both model and data set; then
+        the model checks (logits or probabilities, a deterministic forward, usable gradients)."""
         info, dinfo = p.model.info, p.data.info
         if info.in_channels is not None and info.in_channels != dinfo.channels:
             raise UserError(f"model {p.label} takes {info.in_channels}-channel images but data set {dinfo.name} "
@@ -389,6 +392,9 @@ class Evaluator:
             raise UserError(f"model {p.label} says it has {info.num_classes} classes but outputs {k}")
         if not torch.isfinite(logits).all():
             raise UserError(f"model {p.label} produced NaN or infinite logits on data set {dinfo.name}")
+        from attacks import model_checks
+        gradient_attacks = [label for label, _ in self.attacks if get_attack_entry(label).white_box]
+        return model_checks(p.model.module, x, y, model_name=p.label, attacks=gradient_attacks or None)
 
     # ---- the run ----
     def run_key(self, prepared: Sequence[Prepared]) -> str:
@@ -413,7 +419,7 @@ class Evaluator:
         run_id = decision["run_id"]
         if decision["reused"]:
             return RunOutcome(run_id, False, True, tuple(decision["results"]), decision["metadata"],
-                              decision["spec"])
+                              decision["spec"], tuple(decision["warnings"]))
         torch.manual_seed(self.spec.seed)
         try:
             for p in prepared:
@@ -422,10 +428,10 @@ class Evaluator:
             if self.world.main:
                 self.store.delete_run(run_id)  # a run that cannot be trusted (e.g. NaN logits) is not kept
             raise
-        results = self._finish(run_id, prepared) if self.world.main else None
-        results = self.world.broadcast(results)
+        done = self._finish(run_id, prepared) if self.world.main else None
+        results, warnings = self.world.broadcast(done)
         return RunOutcome(run_id, decision["resumed"], False, tuple(results), decision["metadata"],
-                          decision["spec"])
+                          decision["spec"], tuple(warnings))
 
     def _open_run(self, key: str, prepared: Sequence[Prepared]) -> dict[str, Any]:
         """Find the run these arguments already started (resume / reuse) or create it."""
@@ -437,7 +443,7 @@ class Evaluator:
                      f"showing it")
             return {"run_id": existing.run_id, "reused": True, "resumed": False,
                     "results": self.store.results(existing.run_id), "metadata": existing.metadata,
-                    "spec": existing.spec}
+                    "spec": existing.spec, "warnings": self.store.warnings(existing.run_id)}
         spec_json = self.spec.to_json()
         if existing is not None:
             run_id, resumed, metadata = existing.run_id, True, existing.metadata
@@ -607,8 +613,25 @@ class Evaluator:
                     results.append(self.store.recompute(
                         run_id, p.label, corruption_label(name), float(sev), dataset=p.dataset_name,
                         norm="corruption", params={"severity": sev, "preset": self.spec.corruption_preset}))
-        self.store.finish_run(run_id, results)
-        return [dataclasses.replace(r, per_example=None) for r in results]
+        warnings = self._checks(prepared, results)
+        self.store.finish_run(run_id, results, warnings)
+        return [dataclasses.replace(r, per_example=None) for r in results], warnings
+
+    def _checks(self, prepared: Sequence[Prepared], results: Sequence[ThreatResult]) -> list[dict[str, Any]]:
+        """Every run's findings: the model checks from preparation and the checks across results."""
+        from attacks import result_checks
+        info = {p.label: p for p in prepared}
+        rows = []
+        for r in results:
+            if r.norm == "corruption":
+                continue
+            p = info[r.model]
+            c, (h, w) = p.data.info.channels, (p.data.info.image_size or (0, 0))
+            rows.append({"model": r.model, "attack": r.attack, "eps": r.eps, "accuracy": r.accuracy, "n": r.n,
+                         "norm": r.norm, "params": r.params, "n_classes": p.data.info.num_classes,
+                         "input_dim": c * h * w or None})
+        findings = [f for p in prepared for f in p.findings] + result_checks(rows)
+        return [f.to_json() for f in findings]
 
 
 def export_json(outcome: RunOutcome, store: ResultStore, path: str | Path,
@@ -617,5 +640,5 @@ def export_json(outcome: RunOutcome, store: ResultStore, path: str | Path,
     results = [dataclasses.replace(r, per_example=store.recompute(r.run_id, r.model, r.attack, r.eps).per_example
                                    ).to_json() for r in outcome.results]
     doc = {"run": {"run_id": outcome.run_id, **outcome.metadata, "spec": outcome.spec}, "results": results,
-           **(extra or {})}
+           "warnings": list(outcome.warnings), **(extra or {})}
     Path(path).write_text(json.dumps(doc, indent=1, default=str))

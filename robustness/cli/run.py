@@ -198,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
                     if corruption_rows:
                         summaries = corruption_summaries(corruption_rows, args.baseline, store)
                         print(format_corruptions(corruption_rows, summaries))
+                    for w in outcome.warnings:
+                        where = ", ".join(f"{k}={w[k]:g}" if k == "eps" else f"{k}={w[k]}"
+                                          for k in ("model", "attack", "eps") if w.get(k) is not None)
+                        print(f"WARNING [{w['code']}] {where}: {w['message']} (see docs/CHECKS.md)")
                     if not args.quiet:
                         print(f"\nrun {outcome.run_id} stored in {args.db}")
                     if args.json:
