@@ -38,5 +38,20 @@ def run(args: argparse.Namespace) -> int:
         for name in attack_names():
             e = get_attack_entry(name)
             params = ", ".join(f"{k}={v!r}" for k, v in e.parameters().items() if k != "norm")
-            print(f"  {name:<10} [{'/'.join(e.norms)}] {e.description}\n             args: {params}")
+            kind = "" if e.white_box else " (black box)"
+            print(f"  {name:<18} [{'/'.join(e.norms)}]{kind} {e.description}\n  {'':<18} args: {params}")
+        print("  corruptions        the common corruptions (--corruptions, --severity; see docs/CORRUPTIONS.md)")
+        try:
+            from attacks.torchattacks_adapter import list_torchattacks
+            rows = list_torchattacks()
+        except ImportError:
+            rows = []
+        if rows:
+            print("torchattacks (--attack torchattacks:NAME --attack-args key=value,...):")
+            for r in rows:
+                args = ", ".join(f"{k}={v!r}" for k, v in (r.get("args") or {}).items())
+                norms = "/".join(r.get("norms") or ()) or "?"
+                print(f"  {r['name']:<26} [{norms}] {args}")
+        else:
+            print("torchattacks: not installed (pip install 'robust-bench[torchattacks]')")
     return 0
