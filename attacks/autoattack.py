@@ -198,4 +198,29 @@ class AutoAttack:
         return AttackOutput(x_adv.detach(), fooled, fwd, bwd, details)
 
 
-__all__ = ["AutoAttack", "SquareFromPackage", "SUB_ATTACKS", "VERSIONS"]
+def merge_details(total: dict[str, Any] | None, part: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Add one batch's `details` to a running total (per sub-attack: seconds, forward, backward,
+    attacked, fooled summed by name; skipped and package warnings collected once). For the engine,
+    which calls an attack once per batch and eps but reports per (attack, eps)."""
+    if part is None:
+        return total
+    if total is None:
+        total = {k: v for k, v in part.items() if k not in ("sub_attacks", "skipped", "package_warnings")}
+        total.update(sub_attacks=[], skipped=[], package_warnings=[])
+    rows = {r["name"]: r for r in total["sub_attacks"]}
+    for r in part.get("sub_attacks", []):
+        acc = rows.get(r["name"])
+        if acc is None:
+            acc = rows[r["name"]] = {"name": r["name"], "implementation": r.get("implementation")}
+            total["sub_attacks"].append(acc)
+        for key in ("seconds", "forward", "backward", "attacked", "fooled"):
+            if key in r:
+                acc[key] = acc.get(key, 0) + r[key]
+    for key in ("skipped", "package_warnings"):
+        for item in part.get(key) or []:
+            if item not in total[key]:
+                total[key].append(item)
+    return total
+
+
+__all__ = ["AutoAttack", "SquareFromPackage", "SUB_ATTACKS", "VERSIONS", "merge_details"]

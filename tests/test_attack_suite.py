@@ -131,6 +131,21 @@ def test_autoattack_l2_ours_and_package(digits):
     assert int(ours.fooled.sum()) == int(pkg.fooled.sum())
 
 
+def test_merge_details_sums_per_sub_attack():
+    from attacks.autoattack import merge_details
+    a = {"version": "standard", "n_classes": 10, "skipped": [], "sub_attacks": [
+        {"name": "apgd-ce", "seconds": 1.0, "forward": 10, "backward": 9, "attacked": 5, "fooled": 3}]}
+    b = {"version": "standard", "n_classes": 10, "skipped": [{"name": "apgd-t", "reason": "r"}], "sub_attacks": [
+        {"name": "apgd-ce", "seconds": 2.0, "forward": 20, "backward": 19, "attacked": 6, "fooled": 1},
+        {"name": "square", "seconds": 3.0, "forward": 30, "backward": 0, "attacked": 2, "fooled": 0}]}
+    total = merge_details(merge_details(None, a), b)
+    ce, sq = total["sub_attacks"]
+    assert (ce["seconds"], ce["forward"], ce["backward"], ce["attacked"], ce["fooled"]) == (3.0, 30, 28, 11, 4)
+    assert sq["name"] == "square" and sq["forward"] == 30
+    assert total["skipped"] == [{"name": "apgd-t", "reason": "r"}] and total["n_classes"] == 10
+    assert merge_details(total, None) is total
+
+
 def test_autoattack_counts_clean_errors_and_handles_empty(digits):
     model, x, y = digits
     wrong = (_pred(model, x) != y).nonzero().squeeze(1)[:2]
