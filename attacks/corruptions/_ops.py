@@ -28,6 +28,11 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
+def f64(device) -> torch.dtype:
+    """float64 where the device has it (not on Apple's MPS), else float32."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 # --------------------------------------------------------------------------------------------
 # random numbers
 # --------------------------------------------------------------------------------------------
@@ -46,18 +51,24 @@ class RNG:
         self._draw_device = generator.device if generator is not None else device
 
     def _out(self, t: Tensor) -> Tensor:
+        if t.dtype == torch.float64 and f64(self.device) != torch.float64:
+            t = t.float()
         return t.to(self.device)
+
+    def _dt(self, dtype: Optional[torch.dtype]) -> torch.dtype:
+        dtype = dtype or self.dtype
+        return torch.float32 if dtype == torch.float64 and f64(self._draw_device) != dtype else dtype
 
     def rand(self, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
         return self._out(torch.rand(shape, generator=self.generator, device=self._draw_device,
-                                    dtype=dtype or self.dtype))
+                                    dtype=self._dt(dtype)))
 
     def uniform(self, low: float, high: float, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
         return self.rand(*shape, dtype=dtype) * (high - low) + low
 
     def normal(self, mean: float, std: float, *shape: int, dtype: Optional[torch.dtype] = None) -> Tensor:
         return self._out(torch.randn(shape, generator=self.generator, device=self._draw_device,
-                                     dtype=dtype or self.dtype)) * std + mean
+                                     dtype=self._dt(dtype))) * std + mean
 
     def randint(self, low: int, high: int, *shape: int) -> Tensor:
         """Integers in [low, high) (numpy's convention)."""
@@ -289,11 +300,42 @@ def pil_resample_matrix(in_size: int, out_size: int, kind: str) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=256)
+def _spans(m_bytes: bytes, shape: tuple) -> Optional[tuple]:
+    """If every row of a resampling matrix averages one contiguous run of inputs with equal
+    weights (PIL's BOX and NEAREST always do), return the runs' (starts, ends)."""
+    m = np.frombuffer(m_bytes, dtype=np.float64).reshape(shape)
+    starts, ends = [], []
+    for row in m:  # once per (size pair), cached
+        nz = np.flatnonzero(row)
+        if nz.size == 0 or nz[-1] - nz[0] + 1 != nz.size or not np.allclose(row[nz], row[nz[0]]):
+            return None
+        starts.append(int(nz[0]))
+        ends.append(int(nz[-1]) + 1)
+    return np.array(starts), np.array(ends)
+
+
+def _resample_dim(x: Tensor, m: np.ndarray, dim: int) -> Tensor:
+    spans = _spans(np.ascontiguousarray(m, dtype=np.float64).tobytes(), m.shape)
+    if spans is None:
+        M = torch.as_tensor(m, dtype=x.dtype, device=x.device)
+        return torch.matmul(M, x) if dim == -2 else torch.matmul(x, M.t())
+    starts, ends = spans
+    if np.all(ends - starts == 1):  # pure selection (nearest, or upsampling box)
+        return x.index_select(dim, torch.as_tensor(starts, device=x.device))
+    # mean of a run = difference of cumulative sums / run length
+    cs = F.pad(torch.cumsum(x, dim=dim), (0, 0, 1, 0) if dim == -2 else (1, 0))
+    s = torch.as_tensor(starts, device=x.device)
+    e = torch.as_tensor(ends, device=x.device)
+    n = torch.as_tensor(ends - starts, dtype=x.dtype, device=x.device)
+    n = n.view(-1, 1) if dim == -2 else n
+    return (cs.index_select(dim, e) - cs.index_select(dim, s)) / n
+
+
 def resample_separable(x: Tensor, mh: np.ndarray, mw: np.ndarray) -> Tensor:
-    """Apply (out_h, in_h) and (out_w, in_w) resampling matrices to NCHW `x`."""
-    A = torch.as_tensor(mh, dtype=x.dtype, device=x.device)
-    Bm = torch.as_tensor(mw, dtype=x.dtype, device=x.device)
-    return torch.einsum("oh,nchw,pw->ncop", A, x, Bm)
+    """Apply (out_h, in_h) and (out_w, in_w) resampling matrices to `x` (..., H, W); box and
+    nearest matrices go through cumulative sums / index selection instead of products."""
+    return _resample_dim(_resample_dim(x, mh, -2), mw, -1)
 
 
 def scipy_zoom_linear(x: Tensor, out_h: int, out_w: int) -> Tensor:
@@ -389,11 +431,12 @@ def plasma_fractal(batch: int, mapsize: int, wibble_decay: float, rng: RNG) -> T
     if mapsize & (mapsize - 1):
         raise ValueError("mapsize must be a power of two")
     dev = rng.device
-    m = torch.zeros(batch, mapsize, mapsize, dtype=torch.float64, device=dev)
+    dt = f64(dev)
+    m = torch.zeros(batch, mapsize, mapsize, dtype=dt, device=dev)
     step, wibble = mapsize, 100.0
 
     def jitter(t: Tensor) -> Tensor:
-        return t / 4 + wibble * rng.uniform(-wibble, wibble, *t.shape, dtype=torch.float64)
+        return t / 4 + wibble * rng.uniform(-wibble, wibble, *t.shape, dtype=dt)
 
     while step >= 2:
         half = step // 2

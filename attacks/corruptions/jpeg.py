@@ -64,13 +64,14 @@ def quant_tables(quality: int):
     return scaled(_LUMA_Q), scaled(_CHROMA_Q)
 
 
-@lru_cache(maxsize=4)
-def _dct_matrix(dtype_name: str) -> np.ndarray:
+@lru_cache(maxsize=1)
+def _dct2_matrix() -> np.ndarray:
+    """(64, 64) orthonormal 2-D DCT-II of a row-major 8x8 block: kron(D, D)."""
     k = np.arange(8).reshape(8, 1)
     n = np.arange(8).reshape(1, 8)
     D = np.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
     D[0] /= math.sqrt(2)
-    return D
+    return np.kron(D, D)
 
 
 def _round_half_away(t: Tensor) -> Tensor:
@@ -78,25 +79,25 @@ def _round_half_away(t: Tensor) -> Tensor:
 
 
 def _blocks(plane: Tensor) -> Tensor:
+    """(B, H, W) -> (B * H/8 * W/8, 64) row-major blocks."""
     B, H, W = plane.shape
-    return plane.view(B, H // 8, 8, W // 8, 8).permute(0, 1, 3, 2, 4)
+    return plane.reshape(B, H // 8, 8, W // 8, 8).permute(0, 1, 3, 2, 4).reshape(-1, 64)
 
 
-def _unblocks(blocks: Tensor) -> Tensor:
-    B, nh, nw = blocks.shape[:3]
-    return blocks.permute(0, 1, 3, 2, 4).reshape(B, nh * 8, nw * 8)
+def _unblocks(blocks: Tensor, B: int, H: int, W: int) -> Tensor:
+    return blocks.reshape(B, H // 8, W // 8, 8, 8).permute(0, 1, 3, 2, 4).reshape(B, H, W)
 
 
 def _code_plane(plane: Tensor, qtable: np.ndarray) -> Tensor:
     """Level shift, DCT, quantise, dequantise, IDCT, round and clamp one (B, H, W) plane of
-    integer samples (H, W multiples of 8)."""
-    D = torch.as_tensor(_dct_matrix("f64"), dtype=plane.dtype, device=plane.device)
-    Q = torch.as_tensor(qtable, dtype=plane.dtype, device=plane.device)
-    blk = _blocks(plane - 128.0)
-    coef = D @ blk @ D.T
+    integer samples (H, W multiples of 8).  Every block is one row of a single matrix product."""
+    B, H, W = plane.shape
+    K = torch.as_tensor(_dct2_matrix(), dtype=plane.dtype, device=plane.device)
+    Q = torch.as_tensor(qtable.reshape(64), dtype=plane.dtype, device=plane.device)
+    coef = _blocks(plane - 128.0) @ K.t()
     coef = _round_half_away(coef / Q) * Q
-    rec = D.T @ coef @ D
-    return (torch.floor(_unblocks(rec) + 0.5) + 128.0).clamp(0, 255)
+    rec = coef @ K
+    return (torch.floor(_unblocks(rec, B, H, W) + 0.5) + 128.0).clamp(0, 255)
 
 
 def _downsample_h2v2(c: Tensor) -> Tensor:

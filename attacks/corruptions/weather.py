@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._ops import (RNG, box_filter3, clipped_zoom, filter2d, gaussian_filter, line_blur, next_power_of_2, pad2d,
+from ._ops import (RNG, box_filter3, clipped_zoom, f64, filter2d, gaussian_filter, line_blur, next_power_of_2, pad2d,
                    plasma_fractal, rgb_to_gray)
 
 Tensor = torch.Tensor
@@ -167,8 +167,8 @@ def equalize_hist(img: Tensor) -> Tensor:
     B = img.shape[0]
     flat = img.reshape(B, -1).long().clamp(0, 255)
     total = flat.shape[1]
-    hist = torch.zeros(B, 256, dtype=torch.float64, device=img.device).scatter_add_(
-        1, flat, torch.ones_like(flat, dtype=torch.float64))
+    dt = f64(img.device)
+    hist = torch.zeros(B, 256, dtype=dt, device=img.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=dt))
     first = (hist > 0).to(torch.int64).argmax(1, keepdim=True)
     h_first = hist.gather(1, first)
     scale = 255.0 / (total - h_first).clamp_min(1)
@@ -202,7 +202,7 @@ def spatter(x: Tensor, c, rng: RNG, preset) -> Tensor:
         m = torch.where(peak > 0, m / peak.clamp_min(1e-12), torch.zeros_like(m)) * intensity
         color = torch.tensor([175 / 255.0, 238 / 255.0, 238 / 255.0], device=x.device)
         return x + (m.to(x.dtype) * color.to(x.dtype).view(1, 3, 1, 1))[:, :C]
-    m = (liquid > threshold).to(torch.float64)
+    m = (liquid > threshold).to(liquid.dtype)
     m = gaussian_filter(m, float(intensity))
     m = torch.where(m < 0.8, torch.zeros_like(m), m).to(x.dtype)
     color = torch.tensor([63 / 255.0, 42 / 255.0, 20 / 255.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
