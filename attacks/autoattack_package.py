@@ -30,6 +30,8 @@ Arguments:
     version: "standard", "plus" or "rand".
     batch_size: the package's batch size (250).
     square_queries: Square's query budget (None: the version's, 5000); for quick comparisons.
+    attacks: a custom line-up ("+"- or comma-separated, or a tuple) from apgd-ce, apgd-dlr, apgd-t, fab,
+        fab-t, square, run with the version's settings (like our `autoattack`'s `attacks`).
 Example:
     >>> out = AutoAttackPackage(norm="linf")(model, x, y, eps=8/255)
 """
@@ -99,6 +101,7 @@ class AutoAttackPackage:
     version: str = "standard"
     batch_size: int = 250
     square_queries: int | None = None
+    attacks: tuple[str, ...] | str | None = None
 
     name = "autoattack-package"
 
@@ -110,6 +113,15 @@ class AutoAttackPackage:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.square_queries is not None and self.square_queries < 1:
             raise ValueError(f"square_queries must be >= 1, got {self.square_queries}")
+        if self.attacks is not None:
+            items = self.attacks.replace("+", ",").split(",") if isinstance(self.attacks, str) else self.attacks
+            items = tuple(a.strip().lower() for a in items if a.strip())
+            known = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+            bad = [a for a in items if a not in known]
+            if bad or not items:
+                raise ValueError(f"unknown AutoAttack sub-attack(s) {', '.join(bad) or '(none given)'}; "
+                                 f"expected from {', '.join(known)}")
+            object.__setattr__(self, "attacks", items)
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, verify: bool = True, **_: Any) -> AttackOutput:
@@ -150,6 +162,9 @@ class AutoAttackPackage:
         aa.fab.n_target_classes = targets
         if self.square_queries is not None:
             aa.square.n_queries = self.square_queries
+        if self.attacks is not None:
+            aa.attacks_to_run = list(self.attacks)     # the version's settings, these sub-attacks
+            details["version"] = "custom"
         lineup = list(aa.attacks_to_run)
         drop = []
         if k < 4:
