@@ -26,7 +26,6 @@ make_cifar_c.py (CIFAR-10-C table).
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
