@@ -2,27 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import math
-from fractions import Fraction
 from typing import Any
 
 from ..errors import UserError
 
 
 def parse_number(text: str, what: str = "value") -> float:
-    """A float or a fraction like 8/255."""
-    t = text.strip()
+    """A float or a fraction like 8/255 (the store's own parser, so the CLI and protocols agree)."""
+    from leaderboards.threats import parse_number as parse
     try:
-        if "/" in t:
-            num, den = t.split("/", 1)
-            value = float(Fraction(num.strip())) / float(Fraction(den.strip()))
-        else:
-            value = float(t)
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"bad {what} {text!r}: expected a number or a fraction like 8/255") from None
-    if not math.isfinite(value):
-        raise UserError(f"bad {what} {text!r}: not a finite number")
-    return value
+        return parse(text)
+    except ValueError:
+        raise UserError(f"bad {what} {text!r}: expected a finite number or a fraction like 8/255") from None
 
 
 def parse_eps_list(text: str) -> tuple[float, ...]:
