@@ -214,3 +214,39 @@ def test_mixed_precision_channels_last_and_compile_run_on_the_cpu(cli, tmp_path)
 def test_compile_with_inductor(cli, tmp_path):
     r = cli("train", *FAST, "--epochs", "1", "--compile", "--quiet", "--out", tmp_path / "c.pt")
     assert r.code == 0, r
+
+
+def test_epoch_log_writes_tensorboard_scalars_when_tensorboard_is_installed(tmp_path, monkeypatch):
+    """tensorboard is optional: with it, each epoch's numbers become scalars (here a stand-in writer)."""
+    import importlib.util
+    import sys
+    import types
+
+    from robustness.cli.train import _EpochLog
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            written.append(("open", log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("close",))
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorboard" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    notes = []
+    log = _EpochLog(tmp_path / "logs", [{"epoch": 1, "lr": 0.1}], notes.append)
+    log({"epoch": 2, "lr": 0.05, "train_loss": 1.5, "val_pgd": None, "images_per_s": 10.0})
+    log.close()
+    assert written[0] == ("open", str(tmp_path / "logs"), 2) and ("lr", 0.05, 2) in written
+    assert ("train_loss", 1.5, 2) in written and not any(w[0] == "val_pgd" for w in written)
+    assert written[-1] == ("close",) and notes == []
+    assert [r["epoch"] for r in csv.DictReader((tmp_path / "logs" / "metrics.csv").open())] == ["1", "2"]
