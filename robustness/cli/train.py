@@ -535,6 +535,12 @@ def run(args: argparse.Namespace) -> int:
                       state_path=state_path, resume=resume)
     except TrainingError as e:
         raise UserError(str(e)) from None
+    except KeyboardInterrupt:
+        if dist.main:
+            hint = (f"continue with the same command plus --resume {state_path}" if state_path.is_file()
+                    else "no epoch had finished; rerun the command")
+            sys.stderr.write(f"robust-bench: interrupted; {hint}\n")
+        return 130
     finally:
         teardown_distributed(dist)
 
