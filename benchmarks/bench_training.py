@@ -23,7 +23,7 @@ from common import SHARED
 
 
 def load(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from robustness.cli.train import _materialize
+    from robustness.train_command import _materialize
     from robustness.data import load_dataset
     if kind == "mnist":
         data = load_dataset("mnist", data_dir=str(SHARED), split="train").dataset

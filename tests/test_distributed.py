@@ -53,7 +53,7 @@ def test_two_processes_equal_one_example_for_example(tmp_path):
                                    port=29611), env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _per_example(tmp_path / "1.json") == _per_example(tmp_path / "2.json")
-    assert two.stdout.count("digits-cnn-at") == 2, "only rank 0 prints"
+    assert two.stdout.count("digits-cnn-at ") == 3, "only rank 0 prints (fgsm, pgd, worst-case rows)"
     run, = ResultStore(tmp_path / "2.db").runs()
     assert run.metadata["world_size"] == 2
 
