@@ -105,6 +105,11 @@ def time_ours(imgs: np.ndarray, name: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _rate(seconds_per_image: float) -> str:
+    r = 1.0 / seconds_per_image
+    return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-ref", type=int, default=24, help="images for the reference, per corruption and size")
@@ -135,9 +140,9 @@ def main(argv=None) -> int:
             if name in STANDARD:
                 tot_ref += t_ref
                 tot_ours += t_ours
-            print(f"| {name} | {1 / t_ref:,.0f} | {1 / t_ours:,.0f} | {t_ref / t_ours:.1f}x |", flush=True)
+            print(f"| {name} | {_rate(t_ref)} | {_rate(t_ours)} | {t_ref / t_ours:.1f}x |", flush=True)
         if all(n in names for n in STANDARD):
-            print(f"| **the 15 together** | {1 / tot_ref:,.1f} | {1 / tot_ours:,.1f} | **{tot_ref / tot_ours:.1f}x** |")
+            print(f"| **the 15 together** | {_rate(tot_ref)} | {_rate(tot_ours)} | **{tot_ref / tot_ours:.1f}x** |")
     print(f"\n# load at the end {os.getloadavg()[0]:.2f}")
     return 0
 

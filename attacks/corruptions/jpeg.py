@@ -101,32 +101,29 @@ def _code_plane(plane: Tensor, qtable: np.ndarray) -> Tensor:
 
 
 def _downsample_h2v2(c: Tensor) -> Tensor:
+    """libjpeg's h2v2_downsample: (sum of the 2x2 block + bias) >> 2, bias 1, 2, 1, 2, ... by column."""
     B, H, W = c.shape
-    s = c.view(B, H // 2, 2, W // 2, 2).sum(dim=(2, 4))
+    s = F.avg_pool2d(c.unsqueeze(1), 2).squeeze(1) * 4
     bias = torch.tensor([1.0, 2.0], dtype=c.dtype, device=c.device).repeat(W // 4 + 1)[: W // 2]
     return torch.floor((s + bias) / 4)
 
 
-def _upsample_fancy_1d(c: Tensor, dim: int, out_len: int) -> Tensor:
-    """Triangular 2x upsampling along `dim` *without* the final rounding: returns 4 * value
-    components so callers can round once as libjpeg does.  Even outputs: 3 c[i] + c[i-1];
-    odd outputs: 3 c[i] + c[i+1]; edges replicated."""
-    n = c.shape[dim]
-    prev = torch.cat((c.narrow(dim, 0, 1), c.narrow(dim, 0, n - 1)), dim)
-    nxt = torch.cat((c.narrow(dim, 1, n - 1), c.narrow(dim, n - 1, 1)), dim) if n > 1 else c
-    even = 3 * c + prev
-    odd = 3 * c + nxt
-    out = torch.stack((even, odd), dim + 1).flatten(dim, dim + 1)
-    return out.narrow(dim, 0, out_len)
-
-
 def _upsample_h2v2_fancy(c: Tensor, H: int, W: int) -> Tensor:
-    """libjpeg(-turbo) h2v2_fancy_upsample: vertical 3:1 column sums, then horizontal 3:1 with
-    (+8, +7) >> 4 rounding for (even, odd) output columns."""
-    colsum = _upsample_fancy_1d(c, 1, H)            # 4x
-    both = _upsample_fancy_1d(colsum, 2, W)         # 16x
-    bias = torch.tensor([8.0, 7.0], dtype=c.dtype, device=c.device).repeat(W // 2 + 1)[:W]
-    return torch.floor((both + bias) / 16)
+    """libjpeg(-turbo) h2v2_fancy_upsample: each output sample is 9/16 of its nearest chroma
+    sample, 3/16 of the two next nearest and 1/16 of the diagonal one (edges replicated) --
+    column sums ``3 c[i] + c[i -+ 1]``, then the same along rows -- rounded with libjpeg's
+    (+8, +7) >> 4 for (even, odd) output columns."""
+    B, h, w = c.shape
+    p = F.pad(c.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)  # (B, h+2, w+2)
+    mid = 3 * p[:, 1:-1]
+    v = torch.empty(B, 2 * h, w + 2, dtype=c.dtype, device=c.device)
+    v[:, 0::2] = mid + p[:, :-2]
+    v[:, 1::2] = mid + p[:, 2:]
+    mid = 3 * v[:, :, 1:-1]
+    out = torch.empty(B, 2 * h, 2 * w, dtype=c.dtype, device=c.device)
+    out[:, :, 0::2] = mid + v[:, :, :-2] + 8
+    out[:, :, 1::2] = mid + v[:, :, 2:] + 7
+    return torch.floor(out[:, :H, :W] / 16)
 
 
 def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
