@@ -1,5 +1,5 @@
 """Batched building blocks shared by the corruptions: random draws, border handling, Gaussian /
-box / arbitrary 2-D filters, colour conversions, resampling matrices, zoom, line (motion) blur
+box / arbitrary 2-D filters, grey conversion, PIL resampling weights, zoom, line (motion) blur
 and the plasma fractal.
 
 Border modes use scipy.ndimage's names (the reference calls scipy, skimage and OpenCV):
@@ -13,7 +13,8 @@ mirror     ``dcb|abcd|cba``   (whole-sample)   cv2 BORDER_REFLECT_101, torch ref
 wrap       ``abcd|abcd|abcd``                  circular
 =========  ==================================  ===========================
 
-Padding is done by index selection, so any pad width works on any image size.
+Padding uses torch's kernels where they apply and index selection otherwise, so any pad width
+works on any image size.
 """
 from __future__ import annotations
 
@@ -134,10 +135,6 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0, radius: Optional[int]
     t = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t / float(sigma)) ** 2)
     return k / k.sum()
-
-
-def _as_kernel(k, like: Tensor) -> Tensor:
-    return torch.as_tensor(np.asarray(k), dtype=like.dtype, device=like.device)
 
 
 @lru_cache(maxsize=256)
