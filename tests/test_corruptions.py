@@ -695,10 +695,10 @@ def test_resnet20_accuracy_full(ic):
     3-point bound then fails at random for some of the ~55 random combinations.  Deterministic
     corruptions have standard errors of 0-0.5 points, so for them the bound is the plain 3 points.
 
-    Measured (2-core CPU, the seeds of `_seed`, 51 min): 94 of 95 combinations within 3 points;
-    largest |delta|: snow severity 3, -3.2 points (standard error 1.6; with three other seeds
-    +3.0, +1.7, +1.2); deterministic ones within 0.5 points (jpeg 0.5, pixelate 0.4, brightness
-    0.3, the others <= 0.2).  Full table in docs/CORRUPTIONS.md."""
+    Measured (shared 2-core CPU, the seeds of `_seed`, 21 min): 94 of 95 combinations within 3
+    points; largest |delta|: snow severity 3, -3.2 points (standard error 1.6; with three other
+    seeds +3.0, +1.7, +1.2); deterministic ones within 0.4 points (pixelate 0.4, jpeg and
+    brightness 0.3, the others <= 0.2).  Full table in docs/CORRUPTIONS.md."""
     rows = _accuracy_deltas(1000, CORRUPTIONS, range(1, 6), cached=False)
     print("\n" + _report(rows))
     bad = [r for r in rows if abs(r[4]) > max(3.0, 2.5 * r[5])]
