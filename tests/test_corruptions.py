@@ -684,7 +684,7 @@ def test_resnet20_accuracy_default(ic):
     assert not bad, "accuracy differs:\n" + _report(bad) + "\n\nall:\n" + _report(rows)
 
 
-@pytest.mark.heavy  # 51 min on 2 cores: outside the default run and CI; `pytest -m heavy`
+@pytest.mark.heavy  # 21-51 min on 2 cores: outside the default run and CI; `pytest -m heavy`
 def test_resnet20_accuracy_full(ic):
     """The issue's check: 1,000 images, every corruption and severity, ours within 3 points of the
     reference -- unless the difference is within 2.5 standard errors of the paired difference.
