@@ -35,6 +35,14 @@ def check_eps(eps: float, norm: str) -> None:
         raise ValueError(f"an L-inf eps of {eps} exceeds the [0, 1] pixel range; did you mean {eps}/255?")
 
 
+def require_counts(attack: object, *names: str) -> None:
+    """Each named integer field of an attack's settings is >= 1 (steps, restarts, ...)."""
+    for name in names:
+        value = getattr(attack, name)
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
 

@@ -47,8 +47,8 @@ from typing import Callable
 
 import torch
 
-from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, clip_to_box, frozen,
-                    get_loss, project, random_start)
+from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, clip_to_box, frozen, get_loss,
+                    project, random_start, require_counts)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -249,12 +249,7 @@ class APGD:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
-        if self.eot_iter < 1:
-            raise ValueError(f"eot_iter must be >= 1, got {self.eot_iter}")
+        require_counts(self, 'steps', 'restarts', 'eot_iter')
         if not 0 < self.rho <= 1 or not 0 < self.momentum <= 1:
             raise ValueError("rho and momentum must lie in (0, 1]")
         get_loss(self.loss)
@@ -311,16 +306,7 @@ class APGDT:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
-        if self.n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be >= 1, got {self.n_target_classes}")
-        if self.eot_iter < 1:
-            raise ValueError(f"eot_iter must be >= 1, got {self.eot_iter}")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        require_counts(self, 'steps', 'restarts', 'n_target_classes', 'eot_iter', 'max_batch')
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, generator: torch.Generator | None = None,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._core import AttackOutput, canonical_norm, check_eps, frozen, random_start
+from ._core import AttackOutput, canonical_norm, check_eps, frozen, random_start, require_counts
 from .apgd import derive_seeds, target_group
 
 
@@ -231,14 +231,7 @@ class FAB:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
-        if self.n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be >= 1, got {self.n_target_classes}")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        require_counts(self, 'steps', 'restarts', 'n_target_classes', 'max_batch')
 
     def _run(self, model, x, y, eps, x_adv, fooled, order, chunk, r, seeds, generator) -> tuple[int, int]:
         """Restart r against the target classes in `chunk` (untargeted: order None), all at once, on the

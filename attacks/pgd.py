@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, clip_to_box, frozen,
-                    get_loss, project, random_start)
+from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, clip_to_box, frozen, get_loss,
+                    project, random_start, require_counts)
 
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -128,10 +128,7 @@ class PGD:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+        require_counts(self, 'steps', 'restarts')
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
         get_loss(self.loss)
