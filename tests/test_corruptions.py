@@ -678,12 +678,13 @@ def test_resnet20_accuracy_default(ic):
     for the default suite: on so few images the sampling noise of the difference itself is
     several points for the random corruptions, so the bound here is max(3 points, 3 standard
     errors of the paired difference).  The issue's check -- 1,000 images, all severities, a plain
-    3-point bound -- is `test_resnet20_accuracy_full` (slow)."""
+    3-point bound -- is `test_resnet20_accuracy_full` (marked heavy and slow: `pytest -m heavy`)."""
     rows = _accuracy_deltas(N_ACC, CORRUPTIONS, (3,), cached=True)
     bad = [r for r in rows if abs(r[4]) > max(3.0, 3 * r[5])]
     assert not bad, "accuracy differs:\n" + _report(bad) + "\n\nall:\n" + _report(rows)
 
 
+@pytest.mark.slow   # also `slow`, so that `-m "not slow"` (which replaces the default `-m 'not heavy'`) skips it
 @pytest.mark.heavy  # 21-51 min on 2 cores: outside the default run and CI; `pytest -m heavy`
 def test_resnet20_accuracy_full(ic):
     """The issue's check: 1,000 images, every corruption and severity, ours within 3 points of the
