@@ -183,7 +183,7 @@ class AutoAttack:
             sub_seeds = derive_seeds(None if seeds is None else seeds[todo.cpu()], 100 + i)
             _sync(x)
             t0 = time.perf_counter()
-            out = sub(model, x[todo], y[todo], eps, seeds=sub_seeds, verify=False)
+            out = sub(model, x[todo], y[todo], eps, seeds=sub_seeds, generator=generator, verify=False)
             _sync(x)
             entry.update(seconds=time.perf_counter() - t0, forward=out.forward, backward=out.backward,
                          fooled=int(out.fooled.sum()))
