@@ -268,6 +268,8 @@ def parse_attacks(spec: RunSpec) -> list[tuple[str, Any]]:
             out.append((a.name, create_attack(a.name, norm=spec.norm, **a.kwargs)))
         except (TypeError, ValueError) as e:
             raise UserError(f"bad arguments for attack {a.name}: {e}") from None
+        except ImportError as e:
+            raise UserError(f"attack {a.name} needs a package that is not installed: {e}") from None
     return out
 
 
