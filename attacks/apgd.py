@@ -279,11 +279,9 @@ class APGD:
                                start=start, rho=self.rho, momentum=self.momentum, eot_iter=self.eot_iter,
                                early_stop=self.early_stop)
                 fwd, bwd = fwd + out.forward, bwd + out.backward
-                newly = out.fooled
-                x_adv[todo[newly]] = out.x_adv[newly]
-                if r == 0:
-                    x_adv[todo[~newly]] = out.x_adv[~newly]
-                fooled[todo[newly]] = True
+                # as PGD: the examples not yet fooled take this restart's point (its highest-loss one)
+                x_adv[todo] = out.x_adv
+                fooled[todo[out.fooled]] = True
             if verify:
                 fooled, extra = _verify(model, x_adv, y, fooled)
                 fwd += extra

@@ -12,7 +12,8 @@ Arguments:
     schedule: how the step size changes over the steps of a restart (t = 0 .. steps-1):
         "constant" (the paper), "cosine" (step_size * (1 + cos(pi t / steps)) / 2), or "step" (halved
         after half and after three quarters of the steps).
-    restarts: random restarts; each runs only on examples no earlier restart fooled (1).
+    restarts: random restarts; each runs only on examples no earlier restart fooled (1). An example no
+        restart fooled gets the final iterate of the last one.
     random_start: start from a uniform draw in the eps-ball (True).
     loss: "ce", "margin" (Carlini-Wagner) or "dlr" ("ce").
     targeted: drive each example to `target` instead of away from its label (False).
@@ -144,8 +145,10 @@ class PGD:
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, target: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, verify: bool = True) -> AttackOutput:
-        """Attack (x, y). `seeds` (one int per example) make random starts independent of batching;
-        verify=False leaves the final check of the last iterate to the caller."""
+        """Attack (x, y). `seeds` (one int per example) make random starts independent of batching.
+        Whatever `verify` says, x_adv holds each example's first fooling point, or else the final iterate
+        of the last restart run on it; verify=False only skips the forward pass that checks that last
+        iterate (the caller re-checks it), so `fooled` may then miss examples, never invent them."""
         check_eps(eps, self.norm)
         x_adv, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         fwd = bwd = 0
@@ -167,10 +170,9 @@ class PGD:
                               early_stop=self.early_stop, verify=verify or r < self.restarts - 1,
                               schedule=self.schedule)
                 fwd, bwd = fwd + out.forward, bwd + out.backward
-                # keep the best per example: a fooling point once found is never replaced
-                newly = out.fooled
-                x_adv[todo[newly]] = out.x_adv[newly]
-                if r == 0:
-                    x_adv[todo[~newly]] = out.x_adv[~newly]
-                fooled[todo[newly]] = True
+                # a fooling point once found is never replaced; every other example takes this restart's
+                # final iterate, so with verify=False the last restart's (never evaluated) final step
+                # reaches the caller's re-check instead of an earlier point already known not to fool
+                x_adv[todo] = out.x_adv
+                fooled[todo[out.fooled]] = True
         return AttackOutput(x_adv, fooled, fwd, bwd)
