@@ -16,8 +16,9 @@ What the package does and how this adapter fills the gaps (pyautoattack 0.2.0, r
   most 9); with fewer than 4 classes APGD-T is dropped (version "custom" with the rest), listed in
   `details["skipped"]`.
 - Seeds: the package takes one seed per call and reseeds torch's global RNG with it before each
-  sub-attack; we pass the first example's seed (so results depend on the batch, unlike our own attacks)
-  and run it inside a forked RNG so the global random state is left as it was.
+  sub-attack; we pass the first example's seed (so results depend on the batch, unlike our own attacks:
+  the entry is `batch_dependent` and the run key holds the batch size) and run it inside a forked RNG so
+  the global random state is left as it was.
 - Passes: the package does not report them; the model is wrapped in `PassCounter` (forward examples
   per call; backward examples through a hook on the output). This includes the package's own checks
   (randomness check: 5 forwards of the first batch, output range, dynamic-defense check).

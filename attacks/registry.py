@@ -1,5 +1,9 @@
 """Name -> attack builder. Duplicate names are refused; `create_attack` passes each builder only the
-arguments it declares, so shared CLI options (--steps, --restarts) reach the attacks that take them."""
+arguments it declares, so shared CLI options (--steps, --restarts) reach the attacks that take them.
+
+`batch_dependent`: the attack draws its randomness once per call (third-party code seeded with one
+number per batch), so an example's outcome depends on which examples share its batch, hence on
+--batch-size. Our own attacks seed every example separately and must keep this False."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +15,7 @@ from typing import Any, Callable
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack, SquareFromPackage
 from .autoattack_package import AutoAttackPackage
+from .errors import AttackConfigError
 from .fab import FAB
 from .fgsm import FGSM
 from .pgd import PGD
@@ -23,6 +28,7 @@ class AttackEntry:
     norms: tuple[str, ...]
     description: str
     white_box: bool = True
+    batch_dependent: bool = False
 
     def parameters(self) -> dict[str, Any]:
         """Declared arguments and their defaults."""
@@ -39,17 +45,17 @@ _RESOLVERS: dict[str, Callable[[str], AttackEntry]] = {}
 
 
 def register_attack(name: str, builder: Callable[..., Any], *, norms: tuple[str, ...], description: str,
-                    white_box: bool = True) -> AttackEntry:
+                    white_box: bool = True, batch_dependent: bool = False) -> AttackEntry:
     if name in _REGISTRY:
-        raise ValueError(f"attack {name!r} is already registered")
-    entry = AttackEntry(name, builder, tuple(norms), description, white_box)
+        raise AttackConfigError(f"attack {name!r} is already registered")
+    entry = AttackEntry(name, builder, tuple(norms), description, white_box, batch_dependent)
     _REGISTRY[name] = entry
     return entry
 
 
 def register_resolver(prefix: str, resolver: Callable[[str], AttackEntry]) -> None:
     if prefix in _RESOLVERS:
-        raise ValueError(f"attack family {prefix!r} is already registered")
+        raise AttackConfigError(f"attack family {prefix!r} is already registered")
     _RESOLVERS[prefix] = resolver
 
 
@@ -86,13 +92,14 @@ register_attack("apgd-t", APGDT, norms=("linf", "l2"),
                 description="APGD on the targeted DLR loss against the top-k other classes (Croce & Hein 2020)")
 register_attack("fab", FAB, norms=("linf", "l2"),
                 description="Fast adaptive boundary attack; targeted=True for FAB-T (Croce & Hein 2020)")
-register_attack("square", SquareFromPackage, norms=("linf", "l2"), white_box=False,
+register_attack("square", SquareFromPackage, norms=("linf", "l2"), white_box=False, batch_dependent=True,
                 description="Square attack, score-based black box (Andriushchenko et al. 2020; the AutoAttack "
                             "package's implementation)")
-register_attack("autoattack", AutoAttack, norms=("linf", "l2"),
+# autoattack: batch-dependent while its Square is the package's (seeded once per call)
+register_attack("autoattack", AutoAttack, norms=("linf", "l2"), batch_dependent=True,
                 description="AutoAttack, our implementation: APGD-CE, APGD-T, FAB-T, Square, worst case per "
                             "example (Croce & Hein 2020); version=standard|plus|rand")
-register_attack("autoattack-package", AutoAttackPackage, norms=("linf", "l2"),
+register_attack("autoattack-package", AutoAttackPackage, norms=("linf", "l2"), batch_dependent=True,
                 description="AutoAttack, the reference package (pyautoattack) called as it is; version=standard|plus|rand")
 
 

@@ -32,7 +32,8 @@ neither needs it nor gets slower):
   restored afterwards (torchattacks' own mode switching sees the eval model and leaves it in eval).
 - Randomness: torchattacks draws from torch's global RNG, per batch. The adapter seeds it with the first
   example's seed inside a forked RNG (the global random state is left as it was): a call is
-  reproducible, but an example's outcome depends on the other examples in its batch.
+  reproducible, but an example's outcome depends on the other examples in its batch, so every
+  `torchattacks:` entry is `batch_dependent` (the run key then holds the batch size).
 - Passes are counted with `PassCounter` (forward examples per call; backward examples by a hook).
 - targeted: pass `target=` to the call (torchattacks' "targeted by label" mode).
 - verify=True re-checks the projected points with one forward pass; verify=False skips it and
@@ -208,7 +209,7 @@ def resolve(name: str) -> AttackEntry:
     doc = (inspect.getdoc(cls) or "").strip().splitlines()
     summary = doc[0] if doc else key
     return AttackEntry(f"torchattacks:{key}", _builder(key, cls), norms_of(key, cls),
-                       f"torchattacks {key}: {summary}", white_box=key not in _BLACK_BOX)
+                       f"torchattacks {key}: {summary}", white_box=key not in _BLACK_BOX, batch_dependent=True)
 
 
 def _shown_default(name: str, p: inspect.Parameter) -> Any:
@@ -231,7 +232,8 @@ def list_torchattacks() -> list[dict[str, Any]]:
         args = _class_args(classes[key])
         hidden = {"eps", _EPS_ARG.get(key, "eps"), "norm"}
         out.append({"name": f"torchattacks:{key}", "norms": norms_of(key, classes[key]),
-                    "white_box": key not in _BLACK_BOX, "bounded": _EPS_ARG.get(key, "eps") in args,
+                    "white_box": key not in _BLACK_BOX, "batch_dependent": True,
+                    "bounded": _EPS_ARG.get(key, "eps") in args,
                     "args": {k: _shown_default(k, p) for k, p in args.items() if k not in hidden}})
     return out
 

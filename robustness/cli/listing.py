@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+# attacks seeded once per batch (third-party code): the same examples can give other outcomes at
+# another --batch-size, so the run key holds the batch size
+BATCH_NOTE = " (batch-dependent: results depend on --batch-size)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
             e = get_attack_entry(name)
             params = ", ".join(f"{k}={v!r}" for k, v in e.parameters().items() if k != "norm")
             kind = "" if e.white_box else " (black box)"
-            print(f"  {name:<18} [{'/'.join(e.norms)}]{kind} {e.description}\n  {'':<18} args: {params}")
+            note = BATCH_NOTE if e.batch_dependent else ""
+            print(f"  {name:<18} [{'/'.join(e.norms)}]{kind} {e.description}{note}\n  {'':<18} args: {params}")
         print("  corruptions        the common corruptions (--corruptions, --severity; see docs/CORRUPTIONS.md)")
         try:
             from attacks.torchattacks_adapter import list_torchattacks
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             rows = []
         if rows:
-            print("torchattacks (--attack torchattacks:NAME --attack-args key=value,...):")
+            print(f"torchattacks (--attack torchattacks:NAME --attack-args key=value,...; all{BATCH_NOTE}):")
             for r in rows:
                 args = ", ".join(f"{k}={v!r}" for k, v in (r.get("args") or {}).items())
                 norms = "/".join(r.get("norms") or ()) or "?"
