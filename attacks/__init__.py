@@ -3,10 +3,12 @@
 This package knows only torch: models come in as `nn.Module`s that take [0, 1] NCHW pixels
 (normalization is the model's own business), examples as tensors.
 """
-from ._core import NORMS, AttackOutput, PassCounter, canonical_norm, check_eps, clip_to_box, project
+from ._core import (NORMS, AttackOutput, PassCounter, canonical_norm, check_applicable, check_eps, clip_to_box,
+                    project)
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack
 from .autoattack_package import AutoAttackPackage
+from .errors import AttackConfigError, AttackError, AttackUnavailable, ThreatModelViolation
 from .fab import FAB
 from .fgsm import FGSM
 from .pgd import PGD
@@ -14,7 +16,8 @@ from .registry import (AttackEntry, attack_names, create_attack, get_attack_entr
                        register_resolver)
 from .sanity import Finding, ResultRow, model_checks, result_checks
 
-__all__ = ["NORMS", "APGD", "APGDT", "AttackOutput", "AttackEntry", "AutoAttack", "AutoAttackPackage", "FAB",
-           "FGSM", "Finding", "PGD", "PassCounter", "ResultRow", "attack_names", "canonical_norm", "check_eps",
+__all__ = ["NORMS", "APGD", "APGDT", "AttackConfigError", "AttackError", "AttackOutput", "AttackEntry",
+           "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "FAB", "FGSM", "Finding", "PGD", "PassCounter",
+           "ResultRow", "ThreatModelViolation", "attack_names", "canonical_norm", "check_applicable", "check_eps",
            "clip_to_box", "create_attack", "get_attack_entry", "model_checks", "project", "register_attack",
            "register_resolver", "result_checks"]

@@ -16,15 +16,18 @@ import sys
 import warnings
 from types import ModuleType
 
+from .errors import AttackUnavailable
+
 
 def import_autoattack() -> ModuleType:
-    """The AutoAttack package: `pyautoattack` (PyPI) or `autoattack` (GitHub). ImportError if neither."""
+    """The AutoAttack package: `pyautoattack` (PyPI) or `autoattack` (GitHub). AttackUnavailable (an
+    ImportError) if neither."""
     for name in ("pyautoattack", "autoattack"):
         try:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise ImportError("AutoAttack is not installed: pip install 'robust-bench[zoo]' (or pip install pyautoattack)")
+    raise AttackUnavailable("AutoAttack is not installed: pip install 'robust-bench[zoo]' (or pip install pyautoattack)")
 
 
 def _alias_autoattack() -> None:

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from .errors import AttackConfigError
+
 NORMS = ("linf", "l2")
 
 _NORM_ALIASES = {"linf": "linf", "l-inf": "linf", "inf": "linf", "li": "linf",
@@ -21,18 +23,18 @@ _NORM_ALIASES = {"linf": "linf", "l-inf": "linf", "inf": "linf", "li": "linf",
 def canonical_norm(norm: str) -> str:
     key = str(norm).strip().lower().replace("_", "-")
     if key not in _NORM_ALIASES:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+        raise AttackConfigError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
     return _NORM_ALIASES[key]
 
 
 def check_eps(eps: float, norm: str) -> None:
     """Refuse a budget that makes no sense: negative, not finite, or an L-inf ball larger than the pixel range."""
     if not (eps == eps) or eps in (float("inf"), float("-inf")):
-        raise ValueError(f"eps must be a finite number, got {eps}")
+        raise AttackConfigError(f"eps must be a finite number, got {eps}")
     if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise AttackConfigError(f"eps must be >= 0, got {eps}")
     if canonical_norm(norm) == "linf" and eps > 1:
-        raise ValueError(f"an L-inf eps of {eps} exceeds the [0, 1] pixel range; did you mean {eps}/255?")
+        raise AttackConfigError(f"an L-inf eps of {eps} exceeds the [0, 1] pixel range; did you mean {eps}/255?")
 
 
 def require_counts(attack: object, *names: str) -> None:
@@ -40,7 +42,7 @@ def require_counts(attack: object, *names: str) -> None:
     for name in names:
         value = getattr(attack, name)
         if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise AttackConfigError(f"{name} must be >= 1, got {value}")
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,7 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "l2":
         scale = (eps / (_flat_norm(delta) + 1e-12)).clamp(max=1.0)
         return delta * scale
-    raise ValueError(norm)
+    raise AttackConfigError(f"unknown norm {norm!r}")
 
 
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -63,7 +65,7 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
         return grad.sign()
     if norm == "l2":
         return grad / (_flat_norm(grad) + 1e-12)
-    raise ValueError(norm)
+    raise AttackConfigError(f"unknown norm {norm!r}")
 
 
 def clip_to_box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -107,6 +109,35 @@ def random_start(x: torch.Tensor, eps: float, norm: str, seeds: torch.Tensor | N
 
 # ---- losses: each returns one value per example; attacks ascend on it ----
 
+def require_classes(k: int, needed: int, what: str, instead: str = "use loss ce or margin") -> None:
+    """DLR divides by z_pi1 - z_pi3 (targeted: z_pi1 - (z_pi3 + z_pi4) / 2): with fewer classes the
+    sorted logits have no such entry, and the attack would die on an IndexError mid-run."""
+    if k < needed:
+        raise AttackConfigError(f"{what} needs at least {needed} classes but the model has {k}; {instead}")
+
+
+def refuse_missing_target(attack: str) -> AttackConfigError:
+    """The error for targeted=True without a target per example (the engine passes none)."""
+    return AttackConfigError(
+        f"{attack} with targeted=True needs a target class per example (target=...), and an evaluation run "
+        f"passes none; for a targeted evaluation run apgd-t or autoattack, which choose targets from the "
+        f"model's logits")
+
+
+def check_applicable(attack: Any, n_classes: int, *, target_given: bool = False) -> None:
+    """Refuse, before any example is attacked, an attack that cannot run on this model as configured:
+    targeted=True without targets (unless the attack chooses its own, like FAB-T), the DLR loss on
+    fewer than 3 classes, or an attack that needs more classes (APGD-T: 4). For the engine, which knows
+    the class count from its first batch, so a bad setting is refused before a run is stored."""
+    name = getattr(attack, "name", type(attack).__name__)
+    if getattr(attack, "targeted", False) and not getattr(attack, "chooses_targets", False) and not target_given:
+        raise refuse_missing_target(name)
+    if str(getattr(attack, "loss", "")).lower() == "dlr":
+        require_classes(n_classes, 3, f"{name} with the DLR loss")
+    need = getattr(attack, "min_classes", 2)
+    require_classes(n_classes, need, name, "use apgd or pgd instead")
+
+
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
@@ -123,6 +154,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Difference of Logits Ratio (Croce & Hein 2020): the margin scaled by z_pi1 - z_pi3, invariant to
     the logits' scale, so a model cannot hide behind large or tiny logits."""
+    require_classes(logits.shape[1], 3, "the DLR loss")
     z = logits.float()
     zs, _ = z.sort(dim=1)
     true = z.gather(1, y[:, None]).squeeze(1)
@@ -140,7 +172,7 @@ def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     try:
         return LOSSES[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(sorted(LOSSES))}") from None
+        raise AttackConfigError(f"unknown loss {name!r}; expected one of {', '.join(sorted(LOSSES))}") from None
 
 
 @contextlib.contextmanager

@@ -48,7 +48,8 @@ from typing import Callable
 import torch
 
 from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, clip_to_box, frozen, get_loss,
-                    project, random_start, require_counts)
+                    project, random_start, require_classes, require_counts)
+from .errors import AttackConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -84,6 +85,7 @@ def checkpoints(steps: int) -> list[int]:
 def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2): ascending it pushes the target above the label,
     invariant to the logits' scale. Needs at least 4 classes."""
+    require_classes(logits.shape[1], 4, "the targeted DLR loss (apgd-t)", "use apgd or pgd instead")
     z = logits.float()
     zs, _ = z.sort(dim=1)
     zy = z.gather(1, y[:, None]).squeeze(1)
@@ -220,13 +222,6 @@ def target_group(targets_left: int, examples: int, max_batch: int) -> int:
     return max(1, min(targets_left, max_batch // max(examples, 1)))
 
 
-def _check_classes(k: int, loss: str, targeted: bool) -> None:
-    if targeted and k < 4:
-        raise ValueError(f"the targeted DLR loss needs at least 4 classes; the model has {k}")
-    if loss == "dlr" and k < 3:
-        raise ValueError(f"the DLR loss needs at least 3 classes; the model has {k}")
-
-
 def _verify(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor, fooled: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Re-check the returned points (matters only for randomized models; the loop already saw them)."""
     with torch.no_grad():
@@ -251,7 +246,7 @@ class APGD:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
         require_counts(self, 'steps', 'restarts', 'eot_iter')
         if not 0 < self.rho <= 1 or not 0 < self.momentum <= 1:
-            raise ValueError("rho and momentum must lie in (0, 1]")
+            raise AttackConfigError("rho and momentum must lie in (0, 1]")
         get_loss(self.loss)
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
@@ -269,10 +264,6 @@ class APGD:
                 if todo.numel() == 0:
                     break
                 xs = x[todo]
-                if r == 0 and self.loss == "dlr":
-                    with torch.no_grad():
-                        _check_classes(model(xs[:1]).shape[1], "dlr", False)
-                    fwd += 1
                 rs = derive_seeds(None if seeds is None else seeds[todo.cpu()], 1, r)
                 start = random_start(xs, eps, self.norm, rs, generator)
                 out = apgd_run(model, xs, y[todo], eps, norm=self.norm, steps=self.steps, loss_fn=loss_fn,
@@ -301,6 +292,7 @@ class APGDT:
     max_batch: int = 256
 
     name = "apgd-t"
+    min_classes = 4          # the targeted DLR loss reads the 4 largest logits
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
@@ -320,7 +312,7 @@ class APGDT:
                 clean = model(x)
             fwd += x.shape[0]
             k = clean.shape[1]
-            _check_classes(k, "dlr", True)
+            require_classes(k, 4, "the targeted DLR loss (apgd-t)", "use apgd or pgd instead")
             order = clean.argsort(dim=1)          # ascending: order[:, -1] is the predicted class
             fooled |= order[:, -1] != y           # already misclassified: nothing to do
             n_t = min(self.n_target_classes, k - 1)

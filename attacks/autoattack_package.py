@@ -49,6 +49,7 @@ import torch
 
 from ._compat import import_autoattack
 from ._core import AttackOutput, PassCounter, canonical_norm, check_eps, frozen
+from .errors import AttackConfigError
 
 _PACKAGE_NORM = {"linf": "Linf", "l2": "L2"}
 _STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -109,18 +110,18 @@ class AutoAttackPackage:
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
         if self.version not in ("standard", "plus", "rand"):
-            raise ValueError(f"unknown AutoAttack version {self.version!r}; expected standard, plus or rand")
+            raise AttackConfigError(f"unknown AutoAttack version {self.version!r}; expected standard, plus or rand")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise AttackConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.square_queries is not None and self.square_queries < 1:
-            raise ValueError(f"square_queries must be >= 1, got {self.square_queries}")
+            raise AttackConfigError(f"square_queries must be >= 1, got {self.square_queries}")
         if self.attacks is not None:
             items = self.attacks.replace("+", ",").split(",") if isinstance(self.attacks, str) else self.attacks
             items = tuple(a.strip().lower() for a in items if a.strip())
             known = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
             bad = [a for a in items if a not in known]
             if bad or not items:
-                raise ValueError(f"unknown AutoAttack sub-attack(s) {', '.join(bad) or '(none given)'}; "
+                raise AttackConfigError(f"unknown AutoAttack sub-attack(s) {', '.join(bad) or '(none given)'}; "
                                  f"expected from {', '.join(known)}")
             object.__setattr__(self, "attacks", items)
 

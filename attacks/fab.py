@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from ._core import AttackOutput, canonical_norm, check_eps, frozen, random_start, require_counts
+from .errors import AttackConfigError
 from .apgd import derive_seeds, target_group
 
 
@@ -66,7 +67,7 @@ def hyperplane_box_projection(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     elif norm == "l2":
         rate, brk = aw * aw, torch.where(aw > 0, room / aw.clamp(min=1e-300), inf)
     else:
-        raise ValueError(norm)
+        raise AttackConfigError(f"unknown norm {norm!r}")
     sat = aw * room                                       # contribution of a saturated coordinate
     order = brk.argsort(dim=1)
     brk_s, rate_s, sat_s = brk.gather(1, order), rate.gather(1, order), sat.gather(1, order)
@@ -228,6 +229,7 @@ class FAB:
     max_batch: int = 256
 
     name = "fab"
+    chooses_targets = True   # FAB-T targets the most likely other classes; it needs no `target`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))

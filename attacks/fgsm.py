@@ -6,7 +6,7 @@ Norm: L-inf (sign of the gradient) or L2 (the normalized gradient; "fast gradien
 Arguments:
     norm: "linf" or "l2".
     loss: "ce", "margin" or "dlr" ("ce").
-    targeted: step toward `target` instead of away from the label (False).
+    targeted: step toward `target` instead of away from the label (False); refused without `target`.
 One step of size eps from the clean input: exactly PGD with steps=1, step_size=eps and no random start.
 Example:
     >>> out = FGSM()(model, x, y, eps=8/255)
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._core import AttackOutput, canonical_norm, check_eps, frozen, get_loss
+from ._core import AttackOutput, canonical_norm, check_eps, frozen, get_loss, refuse_missing_target
 from .pgd import iterate
 
 
@@ -37,6 +37,8 @@ class FGSM:
                  seeds: torch.Tensor | None = None, target: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, verify: bool = True) -> AttackOutput:
         check_eps(eps, self.norm)
+        if self.targeted and target is None:
+            raise refuse_missing_target(self.name)
         if eps == 0 or x.shape[0] == 0:
             return AttackOutput(x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), 0, 0)
         with frozen(model):

@@ -16,7 +16,9 @@ Arguments:
         restart fooled gets the final iterate of the last one.
     random_start: start from a uniform draw in the eps-ball (True).
     loss: "ce", "margin" (Carlini-Wagner) or "dlr" ("ce").
-    targeted: drive each example to `target` instead of away from its label (False).
+    targeted: drive each example to `target` instead of away from its label (False). Without `target`
+        the call is refused (AttackConfigError): an evaluation run passes no targets, and apgd-t or
+        autoattack are the targeted evaluations that choose their own.
     early_stop: stop attacking an example as soon as it is fooled (True). The fooling point is kept,
         so the attack is never weaker than without early stopping, and costs far fewer passes.
 Example:
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from ._core import (AttackOutput, ascent_direction, canonical_norm, check_eps, clip_to_box, frozen, get_loss,
-                    project, random_start, require_counts)
+                    project, random_start, refuse_missing_target, require_counts)
+from .errors import AttackConfigError
 
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -46,7 +49,7 @@ def step_schedule(step_size: float, steps: int, schedule: str = "constant") -> l
         return [step_size * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
     if schedule == "step":
         return [step_size * (0.25 if t >= 0.75 * steps else 0.5 if t >= 0.5 * steps else 1.0) for t in range(steps)]
-    raise ValueError(f"unknown step-size schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
+    raise AttackConfigError(f"unknown step-size schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
 
 
 def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str, steps: int,
@@ -60,7 +63,7 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     loss_fn = get_loss(loss)
     goal = target if targeted else y
     if targeted and target is None:
-        raise ValueError("a targeted attack needs `target`")
+        raise refuse_missing_target("the attack")
     n = x.shape[0]
     x_adv = x.clone()
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -131,10 +134,11 @@ class PGD:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
         require_counts(self, 'steps', 'restarts')
         if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+            raise AttackConfigError(f"step_size must be > 0, got {self.step_size}")
         get_loss(self.loss)
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown step-size schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+            raise AttackConfigError(f"unknown step-size schedule {self.schedule!r}; "
+                                    f"expected one of {', '.join(SCHEDULES)}")
 
     def step_for(self, eps: float) -> float:
         """The (first) step size at eps."""
@@ -150,6 +154,8 @@ class PGD:
         of the last restart run on it; verify=False only skips the forward pass that checks that last
         iterate (the caller re-checks it), so `fooled` may then miss examples, never invent them."""
         check_eps(eps, self.norm)
+        if self.targeted and target is None:
+            raise refuse_missing_target(self.name)
         x_adv, fooled = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         fwd = bwd = 0
         if eps == 0 or x.shape[0] == 0:

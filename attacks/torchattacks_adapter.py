@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from ._core import AttackOutput, PassCounter, canonical_norm, check_eps, clip_to_box, frozen, project
+from .errors import AttackConfigError, AttackUnavailable
 from .registry import AttackEntry
 
 _LINF = ("FGSM", "BIM", "RFGSM", "PGD", "EOTPGD", "FFGSM", "TPGD", "MIFGSM", "UPGD", "DIFGSM", "TIFGSM",
@@ -71,7 +72,7 @@ def _package():
     try:
         import torchattacks
     except ImportError:
-        raise ImportError("torchattacks is not installed: pip install 'robust-bench[torchattacks]'") from None
+        raise AttackUnavailable("torchattacks is not installed: pip install 'robust-bench[torchattacks]'") from None
     return torchattacks
 
 
@@ -107,7 +108,7 @@ class TorchAttack:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
         supported = NORMS.get(self.class_name, ())
         if supported and self.norm not in supported:
-            raise ValueError(f"torchattacks:{self.class_name} is a {'/'.join(supported)} attack, not {self.norm}")
+            raise AttackConfigError(f"torchattacks:{self.class_name} is a {'/'.join(supported)} attack, not {self.norm}")
 
     @property
     def name(self) -> str:

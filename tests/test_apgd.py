@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks import APGD, APGDT, FAB, FGSM, PGD
+from attacks import APGD, APGDT, FAB, FGSM, PGD, AttackConfigError
 from attacks.apgd import checkpoints, derive_seeds, target_group, targeted_dlr_loss
 from attacks.fab import hyperplane_box_projection
 from attacks.pgd import step_schedule
@@ -127,9 +127,9 @@ def test_targeted_losses_need_enough_classes(digits):
 
         def forward(self, inp):
             return model(inp)[:, :self.k]
-    with pytest.raises(ValueError, match="4 classes"):
+    with pytest.raises(AttackConfigError, match="4 classes"):
         APGDT(steps=2)(Few(3), x, y % 3, 0.1)
-    with pytest.raises(ValueError, match="3 classes"):
+    with pytest.raises(AttackConfigError, match="3 classes"):
         APGD(steps=2, loss="dlr")(Few(2), x, y % 2, 0.1)
     # with 5 classes, APGD-T attacks the 4 other classes (the target count follows the logits)
     out = APGDT(steps=2)(Few(5), x, y % 5, 0.1)

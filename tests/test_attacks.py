@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks import FGSM, PGD, create_attack, project
+from attacks import FAB, FGSM, PGD, create_attack, project
 from attacks._core import random_start
 
 NORMS = ("linf", "l2")
@@ -138,3 +138,68 @@ def test_pgd_matches_torchattacks_pgd(digits, eps):
         acc_o = (model(ours).argmax(1) == y).float().mean().item()
     assert acc_o <= acc_t + 0.01, (acc_o, acc_t)
     assert abs(acc_o - acc_t) <= 0.01, (acc_o, acc_t)
+
+
+# ---- refusals instead of wrong numbers (issue 10) ----
+
+class _FirstClasses(torch.nn.Module):
+    """The digits model cut to its first k logits: a k-class model for the class-count refusals."""
+
+    def __init__(self, model: torch.nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        return self.model(inp)[:, :self.k]
+
+
+@pytest.mark.parametrize("attack", [PGD(targeted=True, steps=2), FGSM(targeted=True)], ids=["pgd", "fgsm"])
+def test_targeted_without_targets_is_refused(digits, attack):
+    """The engine passes no `target`: a targeted PGD/FGSM would otherwise run towards nothing."""
+    from attacks import AttackConfigError, check_applicable
+    model, x, y = digits
+    with pytest.raises(AttackConfigError, match="apgd-t or autoattack"):
+        attack(model, x[:4], y[:4], 0.1)
+    with pytest.raises(AttackConfigError, match="apgd-t or autoattack"):
+        check_applicable(attack, 10)
+    check_applicable(attack, 10, target_given=True)
+    check_applicable(FAB(targeted=True), 10)          # FAB-T picks its own targets
+
+
+def test_dlr_on_too_few_classes_is_one_clear_error(digits):
+    from attacks import APGD, APGDT, AttackConfigError, check_applicable
+    model, x, y = digits
+    two, three = _FirstClasses(model, 2), _FirstClasses(model, 3)
+    for attack in (PGD(loss="dlr", steps=2), FGSM(loss="dlr"), APGD(loss="dlr", steps=2)):
+        with pytest.raises(AttackConfigError, match="at least 3 classes but the model has 2"):
+            attack(two, x[:4], y[:4] % 2, 0.1)
+        with pytest.raises(AttackConfigError, match="at least 3 classes"):
+            check_applicable(attack, 2)
+        check_applicable(attack, 3)
+        attack(three, x[:4], y[:4] % 3, 0.1)       # 3 classes are enough for the untargeted DLR loss
+    with pytest.raises(AttackConfigError, match="at least 4 classes but the model has 3"):
+        APGDT(steps=2)(three, x[:4], y[:4] % 3, 0.1)
+    with pytest.raises(AttackConfigError, match="at least 4 classes"):
+        check_applicable(APGDT(), 3)
+    check_applicable(APGDT(), 4)
+    check_applicable(PGD(), 2)                     # CE and margin need only 2
+
+
+def test_settings_and_missing_packages_raise_typed_errors(monkeypatch):
+    import sys
+    from attacks import APGD, AttackConfigError, AttackUnavailable, check_eps
+    for bad in (lambda: PGD(steps=0), lambda: PGD(norm="l3"), lambda: PGD(loss="hinge"),
+                lambda: PGD(schedule="linear"), lambda: PGD(step_size=-1.0), lambda: APGD(rho=2.0),
+                lambda: check_eps(-0.1, "linf"), lambda: check_eps(2.0, "linf"), lambda: check_eps(float("nan"), "l2")):
+        with pytest.raises(AttackConfigError):
+            bad()
+    assert issubclass(AttackConfigError, ValueError) and issubclass(AttackUnavailable, ImportError)
+    # a missing package: None in sys.modules makes `import name` fail as it does when it is not installed
+    from attacks import _compat, torchattacks_adapter
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    with pytest.raises(AttackUnavailable, match="pip install"):
+        torchattacks_adapter.attack_classes()
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)
+    monkeypatch.setitem(sys.modules, "autoattack", None)
+    with pytest.raises(AttackUnavailable, match="pip install"):
+        _compat.import_autoattack()
