@@ -179,8 +179,11 @@ def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Eval mode and no parameter gradients for the duration of an attack; both restored afterwards.
 
-    Parameter gradients are never needed to attack an input; switching them off lets autograd skip
-    the weight-gradient kernels (about a third of a backward pass)."""
+    Why: an attack must see the deterministic eval-mode model (dropout off, batch-norm statistics not
+    updated) and must not leave gradients on, or accumulate them into, the weights. Not for speed: an
+    attack that takes `autograd.grad` with respect to the input alone, as ours, torchattacks' and
+    pyautoattack's do, computes no weight gradients anyway (measured: 0.427 s unfrozen vs 0.441 s frozen
+    on 64 images), so freezing buys no time over them."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()

@@ -19,7 +19,8 @@ The algorithm (written from the paper):
 
 Engineering on top of the paper (the results are per example the same, only cheaper):
 - per-example early stop: an example leaves the batch once it is misclassified (its fooling point kept);
-- no parameter gradients (`frozen`), and no backward pass after the last iterate;
+- no backward pass after the last iterate (gradients are taken with respect to the input only, as the
+  reference package does; `frozen` is for the eval mode and the restored flags, not for speed);
 - per-example seeded random starts (`seeds`), so results do not depend on batch composition.
 
 Arguments:

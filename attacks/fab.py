@@ -19,7 +19,7 @@ What we do differently (same per-example outcome at a given eps, fewer passes):
 - robust accuracy at eps needs one adversarial point within eps, so an example leaves the batch once
   one is found (`early_stop`); the paper's attack keeps shrinking it;
 - the forward pass that checks whether x_{i+1} is adversarial is the one that linearizes the model
-  there (a separate check pass is not needed), and no gradients of the weights are computed;
+  there (a separate check pass is not needed);
 - the box-constrained projections are exact, computed by sorting the coordinates' break points.
 Arguments:
     norm: "linf" or "l2".
