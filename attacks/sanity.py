@@ -56,7 +56,8 @@ STRONG_MIN_STEPS = 5
 WORST_CASE = "worst-case"
 
 CODES = ("probability_outputs", "randomized_forward", "gradient_masking", "non_monotone_eps",
-         "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box")
+         "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box",
+         "sub_attack_skipped", "package_warning")
 
 
 @dataclass(frozen=True)

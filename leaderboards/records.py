@@ -20,12 +20,14 @@ class PerExample:
     clean_correct: tuple[bool, ...]
     correct: tuple[bool, ...]
     broken_eps: tuple[float | None, ...] | None = None
+    broken_by: tuple[str | None, ...] | None = None   # the part of a composite attack that broke it
 
     def __post_init__(self) -> None:
         if not (len(self.index) == len(self.clean_correct) == len(self.correct)):
             raise ValueError("per-example arrays differ in length")
-        if self.broken_eps is not None and len(self.broken_eps) != len(self.index):
-            raise ValueError("per-example arrays differ in length")
+        for extra in (self.broken_eps, self.broken_by):
+            if extra is not None and len(extra) != len(self.index):
+                raise ValueError("per-example arrays differ in length")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class ThreatResult:
     backward: int
     params: dict[str, Any] = field(default_factory=dict)
     per_example: PerExample | None = None
+    # for attacks made of parts (AutoAttack, the worst case over attacks): {"broken_by": {part: examples
+    # broken at or below this eps}, "sub_attacks": [{name, seconds, forward, backward, attacked, fooled}],
+    # "skipped": [{name, reason}], "package_warnings": [...]}; None for plain attacks
+    breakdown: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,11 +70,60 @@ def outcomes_at(clean_correct: np.ndarray, broken_eps: np.ndarray, eps: float) -
     return clean_correct.astype(bool) & ~broken
 
 
+def merge_reports(reports: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One report from an attack's per-batch reports (`AttackOutput.details`): per sub-attack, seconds,
+    passes and examples attacked / fooled summed by name; skipped sub-attacks and package warnings
+    listed once. Per-example entries (`broken_by`) are not merged here: they are stored per example."""
+    parts = [r for r in reports if r]
+    if not parts:
+        return None
+    total: dict[str, Any] = {"sub_attacks": [], "skipped": [], "package_warnings": []}
+    rows: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for k, v in part.items():
+            if k not in ("sub_attacks", "skipped", "package_warnings", "broken_by") and k not in total:
+                total[k] = v
+        for r in part.get("sub_attacks") or []:
+            acc = rows.get(r["name"])
+            if acc is None:
+                acc = rows[r["name"]] = {"name": r["name"]}
+                if "implementation" in r:
+                    acc["implementation"] = r["implementation"]
+                total["sub_attacks"].append(acc)
+            for key in ("seconds", "forward", "backward", "attacked", "fooled"):
+                if key in r:
+                    acc[key] = acc.get(key, 0) + r[key]
+        for key in ("skipped", "package_warnings"):
+            for item in part.get(key) or []:
+                if item not in total[key]:
+                    total[key].append(item)
+    return total
+
+
+def _breakdown(clean: np.ndarray, broken_eps: np.ndarray | None, broken_by: Sequence[str | None] | None,
+               eps: float, details: Sequence[dict[str, Any] | None] | None) -> dict[str, Any] | None:
+    merged = merge_reports(details or [])
+    if broken_by is None and merged is None:
+        return None
+    out: dict[str, Any] = dict(merged or {"sub_attacks": [], "skipped": [], "package_warnings": []})
+    if broken_by is not None and broken_eps is not None:
+        counts: dict[str, int] = {}
+        for c, b, who in zip(clean, broken_eps, broken_by):
+            if c and not np.isnan(b) and b <= eps:
+                key = who if who is not None else "unattributed"
+                counts[key] = counts.get(key, 0) + 1
+        out["broken_by"] = counts
+    return out
+
+
 def summarize(*, run_id: str, model: str, dataset: str, attack: str, norm: str, eps: float,
               index: Sequence[int], clean_correct: np.ndarray, broken_eps: np.ndarray | None = None,
               correct: np.ndarray | None = None, seconds: float = 0.0, forward: int = 0, backward: int = 0,
-              params: dict[str, Any] | None = None, keep_examples: bool = True) -> ThreatResult:
-    """Aggregate per-example outcomes: pass `correct` directly, or `broken_eps` of a nested series."""
+              params: dict[str, Any] | None = None, keep_examples: bool = True,
+              broken_by: Sequence[str | None] | None = None,
+              details: Sequence[dict[str, Any] | None] | None = None) -> ThreatResult:
+    """Aggregate per-example outcomes: pass `correct` directly, or `broken_eps` of a nested series.
+    `broken_by` (per example) and `details` (the attack's per-batch reports) make the breakdown."""
     clean = np.asarray(clean_correct, dtype=bool)
     if correct is None:
         if broken_eps is None:
@@ -83,10 +138,13 @@ def summarize(*, run_id: str, model: str, dataset: str, attack: str, norm: str, 
     broken = None
     if broken_eps is not None:
         broken = tuple(None if np.isnan(b) else float(b) for b in np.asarray(broken_eps, dtype=float))
+    by = None if broken_by is None else tuple(None if b is None else str(b) for b in broken_by)
     per = PerExample(tuple(int(i) for i in index), tuple(bool(b) for b in clean),
-                     tuple(bool(b) for b in correct), broken) if keep_examples else None
+                     tuple(bool(b) for b in correct), broken, by) if keep_examples else None
+    breakdown = _breakdown(clean, None if broken_eps is None else np.asarray(broken_eps, dtype=float), by, eps,
+                           details)
     return ThreatResult(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=float(eps),
                         n=n, clean_accuracy=float(clean.mean()) if n else 0.0,
                         accuracy=k / n if n else 0.0, ci95=wilson_interval(k, n), seconds=float(seconds),
                         forward=int(forward), backward=int(backward), params=dict(params or {}),
-                        per_example=per)
+                        per_example=per, breakdown=breakdown)

@@ -3,13 +3,18 @@
 Why SQLite: one file a user can copy, transactional batches (a killed run loses at most the batch in
 flight and never half of one), and safe concurrent writers through WAL and `BEGIN IMMEDIATE`.
 
-Tables (schema version 2; version 1 lacked `warnings`, added on open):
+Tables (schema version 3; version 1 lacked `warnings`, version 2 the attribution columns; both are
+upgraded in place on open, which adds what is missing and changes nothing stored):
   runs      one row per invocation-with-the-same-arguments; `key` identifies the arguments, so the
             same command finds its unfinished run and resumes it.
   models    per (run, model): data set, model metadata, example indices.
   outcomes  per (run, model, attack, example): clean correctness and the smallest tested eps that broke
             it (NULL: survived every eps). Robust accuracy at any tested eps is derived from this.
-  costs     per (run, model, attack, eps, batch): seconds, forward and backward example-passes.
+            `broken_by`: which part of a composite attack broke it (AutoAttack's sub-attack; for the
+            worst case, the attack), NULL where nothing did or the attack has no parts.
+  costs     per (run, model, attack, eps, batch): seconds, forward and backward example-passes, and
+            `details`: the attack's own report for that batch (JSON; e.g. per sub-attack passes,
+            examples attacked and fooled, sub-attacks skipped and why, the package's warnings).
   batches   per (run, model, batch): the completion marker, written in the same transaction.
   results   aggregates per (run, model, attack, eps), derived from outcomes when a run finishes.
   warnings  findings of the sanity checks (why a number may not be trusted), per run.
@@ -30,7 +35,10 @@ import numpy as np
 
 from .records import ThreatResult, outcomes_at, summarize
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# columns added after version 1: (table, column, type), added on open to older stores
+_ADDED_COLUMNS = (("outcomes", "broken_by", "TEXT"), ("costs", "details", "TEXT"), ("results", "breakdown", "TEXT"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,6 +74,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     idx           INTEGER NOT NULL,
     clean_correct INTEGER NOT NULL,
     broken_eps    REAL,
+    broken_by     TEXT,
     PRIMARY KEY (run_id, model, attack, idx)
 );
 CREATE TABLE IF NOT EXISTS costs (
@@ -77,6 +86,7 @@ CREATE TABLE IF NOT EXISTS costs (
     seconds  REAL NOT NULL,
     forward  INTEGER NOT NULL,
     backward INTEGER NOT NULL,
+    details  TEXT,
     PRIMARY KEY (run_id, model, attack, eps, batch)
 );
 CREATE TABLE IF NOT EXISTS warnings (
@@ -104,6 +114,7 @@ CREATE TABLE IF NOT EXISTS results (
     forward        INTEGER NOT NULL,
     backward       INTEGER NOT NULL,
     params         TEXT NOT NULL,
+    breakdown      TEXT,
     PRIMARY KEY (run_id, model, attack, eps)
 );
 """
@@ -131,6 +142,7 @@ class Outcome:
     idx: int
     clean_correct: bool
     broken_eps: float | None
+    broken_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ class Cost:
     seconds: float
     forward: int
     backward: int
+    details: dict[str, Any] | None = None
 
 
 def series_key(attack: str, eps: float) -> str:
@@ -217,6 +230,10 @@ class ResultStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for table, column, kind in _ADDED_COLUMNS:
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                        (str(SCHEMA_VERSION),))
 
@@ -297,14 +314,15 @@ class ResultStore:
             if db.execute("SELECT 1 FROM batches WHERE run_id=? AND model=? AND batch=?",
                           (run_id, model, batch)).fetchone():
                 return False
-            db.executemany("INSERT INTO outcomes(run_id, model, attack, idx, clean_correct, broken_eps) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
+            db.executemany("INSERT INTO outcomes(run_id, model, attack, idx, clean_correct, broken_eps, broken_by) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(run_id, model, o.attack, int(o.idx), int(bool(o.clean_correct)),
-                             None if o.broken_eps is None else float(o.broken_eps)) for o in outcomes])
-            db.executemany("INSERT INTO costs(run_id, model, attack, eps, batch, seconds, forward, backward) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             None if o.broken_eps is None else float(o.broken_eps), o.broken_by) for o in outcomes])
+            db.executemany("INSERT INTO costs(run_id, model, attack, eps, batch, seconds, forward, backward, details) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [(run_id, model, c.attack, float(c.eps), batch, float(c.seconds), int(c.forward),
-                             int(c.backward)) for c in costs])
+                             int(c.backward), None if c.details is None else json.dumps(c.details, sort_keys=True))
+                            for c in costs])
             db.execute("INSERT INTO batches(run_id, model, batch) VALUES (?, ?, ?)", (run_id, model, batch))
         return True
 
@@ -341,6 +359,18 @@ class ResultStore:
                              "AND eps=?", (run_id, model, attack, float(eps))).fetchone()
         return float(r[0]), int(r[1]), int(r[2])
 
+    def attribution(self, run_id: str, model: str, attack: str) -> np.ndarray:
+        """Per example (ordered by index, like `outcomes`): the part of the attack that broke it, or None."""
+        rows = self._db.execute("SELECT broken_by FROM outcomes WHERE run_id=? AND model=? AND attack=? ORDER BY idx",
+                                (run_id, model, attack)).fetchall()
+        return np.array([r[0] for r in rows], dtype=object)
+
+    def batch_details(self, run_id: str, model: str, attack: str, eps: float) -> list[dict[str, Any]]:
+        """The attack's own per-batch reports at one eps, in batch order (empty if it made none)."""
+        rows = self._db.execute("SELECT details FROM costs WHERE run_id=? AND model=? AND attack=? AND eps=? "
+                                "AND details IS NOT NULL ORDER BY batch", (run_id, model, attack, float(eps)))
+        return [json.loads(r[0]) for r in rows]
+
     def warnings(self, run_id: str) -> list[dict[str, Any]]:
         return [{"code": r["code"], "message": r["message"], "model": r["model"], "attack": r["attack"],
                  "eps": r["eps"]}
@@ -357,10 +387,11 @@ class ResultStore:
             db.execute("DELETE FROM results WHERE run_id=?", (run_id,))
             db.executemany(
                 "INSERT INTO results(run_id, model, dataset, attack, norm, eps, n, clean_accuracy, accuracy, "
-                "ci_low, ci_high, seconds, forward, backward, params) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "ci_low, ci_high, seconds, forward, backward, params, breakdown) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, r.model, r.dataset, r.attack, r.norm, r.eps, r.n, r.clean_accuracy, r.accuracy,
-                  r.ci95[0], r.ci95[1], r.seconds, r.forward, r.backward, json.dumps(r.params, sort_keys=True))
+                  r.ci95[0], r.ci95[1], r.seconds, r.forward, r.backward, json.dumps(r.params, sort_keys=True),
+                  None if r.breakdown is None else json.dumps(r.breakdown, sort_keys=True))
                  for r in results])
             db.execute("UPDATE runs SET status='complete', finished=? WHERE run_id=?", (_now(), run_id))
 
@@ -391,6 +422,7 @@ class ResultStore:
                                     norm=r["norm"], eps=r["eps"], n=r["n"], clean_accuracy=r["clean_accuracy"],
                                     accuracy=r["accuracy"], ci95=(r["ci_low"], r["ci_high"]), seconds=r["seconds"],
                                     forward=r["forward"], backward=r["backward"], params=json.loads(r["params"]),
+                                    breakdown=json.loads(r["breakdown"]) if r["breakdown"] else None,
                                     per_example=per))
         return out
 
@@ -399,7 +431,11 @@ class ResultStore:
         """An aggregate rebuilt from the per-example outcomes (the source of truth)."""
         idx, clean, correct = self.threat_outcomes(run_id, model, attack, eps)
         nested = self.outcomes(run_id, model, attack)
-        broken = nested[2] if nested[0].size == idx.size and np.array_equal(nested[0], idx) else None
+        same = nested[0].size == idx.size and np.array_equal(nested[0], idx)
+        broken = nested[2] if same else None
+        by = self.attribution(run_id, model, attack) if same else None
+        if by is not None and all(b is None for b in by):
+            by = None
         seconds, fwd, bwd = self.cost(run_id, model, attack, eps)
         if not dataset or not norm:
             row = self._db.execute("SELECT dataset, norm, params FROM results WHERE run_id=? AND model=? AND "
@@ -409,5 +445,5 @@ class ResultStore:
                 params = params if params is not None else json.loads(row[2])
         return summarize(run_id=run_id, model=model, dataset=dataset, attack=attack, norm=norm, eps=eps,
                          index=idx, clean_correct=clean, correct=correct, broken_eps=broken,
-                         seconds=seconds, forward=fwd,
-                         backward=bwd, params=params)
+                         seconds=seconds, forward=fwd, backward=bwd, params=params, broken_by=by,
+                         details=self.batch_details(run_id, model, attack, eps))

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from attacks import canonical_norm, check_eps, create_attack, get_attack_entry
+from attacks.errors import AttackError, ThreatModelViolation
 from leaderboards import Cost, Outcome, ResultStore, ThreatResult
 
 from .data import LoadedDataset, indices_sha256, load_dataset, select_indices
@@ -164,6 +165,45 @@ def example_seeds(seed: int, label: str, eps: float, indices: np.ndarray) -> tor
                          & 0x7FFF_FFFF_FFFF_FFFF for i in indices], dtype=torch.int64)
 
 
+# Rounding slack of the threat-model check, relative to the pixel values: x + delta is rounded to
+# float32 (half an ulp, 2**-24 relative), and clipping to the box may round once more; 2**-22 leaves a
+# factor 2 above that. Relative, not absolute, so at eps = 1e-6 a perturbation of 1.5 eps is still caught.
+_ROUNDING = 2.0 ** -22
+
+
+def threat_model_excess(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> str | None:
+    """None if x_adv is a point of the threat model around x (shape, finite, [0, 1], inside the eps-ball
+    up to float32 rounding of the projection); otherwise what is wrong, with the excess, in words."""
+    if tuple(x_adv.shape) != tuple(x.shape):
+        return f"returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}"
+    if not x_adv.is_floating_point():
+        return f"returned {x_adv.dtype} pixels, not floats"
+    if x_adv.numel() == 0:
+        return None
+    a, b = x.detach().double(), x_adv.detach().double()
+    if not torch.isfinite(b).all():
+        return f"returned non-finite pixels (NaN or inf) for {int((~torch.isfinite(b)).flatten(1).any(1).sum())} examples"
+    lo, hi = float(b.min()), float(b.max())
+    if lo < 0 or hi > 1:
+        return f"returned pixels outside [0, 1] (min {lo:.9g}, max {hi:.9g})"
+    d = (b - a).flatten(1)
+    slack = _ROUNDING * torch.maximum(a.abs(), b.abs()).flatten(1)
+    if norm == "linf":
+        over = d.abs() - (eps * (1 + _ROUNDING) + slack)
+        size = d.abs().max(1).values
+        bad = (over > 0).any(1)
+    elif norm == "l2":
+        size = d.norm(dim=1)
+        bad = size > eps * (1 + 1e-5) + slack.norm(dim=1)
+    else:
+        raise ValueError(f"no threat-model check for norm {norm!r}")
+    if not bad.any():
+        return None
+    worst = float(size[bad].max())
+    return (f"perturbation of {worst:.6g} ({norm}) exceeds eps {eps:.6g} by {worst - eps:.3g} "
+            f"on {int(bad.sum())} of {x.shape[0]} examples")
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
@@ -271,6 +311,37 @@ def parse_attacks(spec: RunSpec) -> list[tuple[str, Any]]:
         except ImportError as e:
             raise UserError(f"attack {a.name} needs a package that is not installed: {e}") from None
     return out
+
+
+class BatchFailed(UserError):
+    """A batch failed for a reason outside the engine (the model raised, an image is unreadable, the
+    device ran out of memory): one line for the user, and unlike other errors the run is kept, so the
+    same command resumes it once the cause is fixed."""
+
+
+def _failure(model: str, b: int, n_batches: int, idx: np.ndarray, e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    hint = ""
+    if "out of memory" in first.lower():
+        hint = " (try a smaller --batch-size)"
+    span = f"examples {int(idx.min())}..{int(idx.max())}" if len(idx) else "no examples"
+    return f"{model}: batch {b + 1} of {n_batches} ({span}) failed: {text}{hint}"
+
+
+def _split_report(details: dict[str, Any] | None, n: int) -> tuple[dict[str, Any] | None, list | None]:
+    """An attack's `details` as (what is stored per batch, the per-example `broken_by` names or None).
+    Plain data only reaches the store; a per-example list of the wrong length is an attack bug."""
+    if not details:
+        return None, None
+    report = {k: v for k, v in details.items() if k != "broken_by"}
+    names = details.get("broken_by")
+    if names is not None:
+        names = list(names)
+        if len(names) != n:
+            raise ThreatModelViolation(str(details.get("name", "attack")), 0.0, "-",
+                                       f"reported broken_by for {len(names)} of {n} examples")
+    return json.loads(json.dumps(report, default=str)), names
 
 
 class Evaluator:
@@ -394,7 +465,12 @@ class Evaluator:
             raise UserError(f"model {p.label} says it has {info.num_classes} classes but outputs {k}")
         if not torch.isfinite(logits).all():
             raise UserError(f"model {p.label} produced NaN or infinite logits on data set {dinfo.name}")
-        from attacks import model_checks
+        from attacks import check_applicable, model_checks
+        for label, attack in self.attacks:
+            try:   # targeted without targets, DLR on < 3 classes, ...: refused before a run is stored
+                check_applicable(attack, k)
+            except AttackError as e:
+                raise UserError(f"attack {label} on model {p.label}: {e}") from None
         gradient_attacks = [label for label, _ in self.attacks if get_attack_entry(label).white_box]
         return model_checks(p.model.module, x, y, model_name=p.label, attacks=gradient_attacks or None)
 
@@ -426,9 +502,12 @@ class Evaluator:
         try:
             for p in prepared:
                 self._evaluate_model(run_id, p, set(decision["done"].get(p.label, ())))
-        except UserError:
+        except BatchFailed:
+            raise   # something outside our control failed: the completed batches stay for a resume
+        except (UserError, AttackError):
             if self.world.main:
-                self.store.delete_run(run_id)  # a run that cannot be trusted (e.g. NaN logits) is not kept
+                # a run that cannot be trusted (NaN logits, an attack outside its threat model) is not kept
+                self.store.delete_run(run_id)
             raise
         done = self._finish(run_id, prepared) if self.world.main else None
         results, warnings = self.world.broadcast(done)
@@ -481,29 +560,39 @@ class Evaluator:
             bar = tqdm(total=len(batches), initial=len(batches) - len(pending), desc=p.label, unit="batch",
                        file=sys.stderr, leave=False)
         loader = iter(self._loader(p, [batches[i] for i in mine])) if mine else iter(())
+        n_done = len(batches) - len(pending)
         for r in range(rounds):
             payload: Any = None
             if r < len(mine):
                 b = mine[r]
-                x, y = next(loader)
                 try:
+                    x, y = next(loader)
                     payload = (b, *self.evaluate_batch(p, batches[b], x, y))
-                except UserError as e:
-                    payload = ("error", str(e))
+                except (UserError, AttackError) as e:
+                    payload = ("error", "refused", str(e))
+                except Exception as e:  # noqa: BLE001 - a model, data file or device failing mid-run
+                    payload = ("error", "failed", _failure(p.label, b, len(batches), batches[b], e))
             stop = None
             for item in w.gather(payload) or ():
                 if item is None:
                     continue
                 if item[0] == "error":
-                    stop = item[1]
+                    stop = stop if stop and stop[0] == "refused" else item[1:]
                     continue
                 b, outcomes, costs = item
                 self.store.write_batch(run_id, p.label, b, outcomes, costs)
+                n_done += 1
                 if bar is not None:
                     bar.update(1)
             stop = w.broadcast(stop) if w.active else stop
             if stop:
-                raise UserError(stop)
+                if bar is not None:
+                    bar.close()
+                kind, message = stop
+                if kind == "refused":
+                    raise UserError(message)
+                raise BatchFailed(f"{message}; the {n_done} completed batches of {p.label} are kept: fix the "
+                                  f"cause and rerun the same command to resume")
         if bar is not None:
             bar.close()
 
@@ -521,12 +610,16 @@ class Evaluator:
         outcomes: list[Outcome] = []
         costs: list[Cost] = []
         clean_np = clean.cpu().numpy()
+        n = len(idx)
         for a_i, (label, attack) in enumerate(self.attacks):
             broken = np.where(clean_np, np.nan, 0.0)
+            by = np.full(n, None, dtype=object)
+            composite = False
             for eps in p.eps:
                 alive = np.flatnonzero(np.isnan(broken))
                 t0 = time.perf_counter()
                 fwd = bwd = 0
+                report = None
                 if len(alive) and eps > 0:
                     sel = torch.as_tensor(alive, device=self.device)
                     xs, ys = x[sel], y[sel]
@@ -535,20 +628,42 @@ class Evaluator:
                     fwd, bwd = out.forward, out.backward
                     self._check_contract(label, xs, out.x_adv, eps)
                     with torch.no_grad():
-                        still = (model(out.x_adv).argmax(1) == ys).cpu().numpy()
+                        adv_logits = model(out.x_adv)
                     fwd += len(alive)
+                    if not torch.isfinite(adv_logits).all():
+                        k = int((~torch.isfinite(adv_logits)).any(1).sum())
+                        raise UserError(f"model {p.label} produced NaN or infinite logits on {k} adversarial "
+                                        f"examples of {label} at eps={eps:g}: a non-finite output is neither right "
+                                        f"nor wrong, so no robust accuracy is reported; make the model's forward "
+                                        f"pass finite on every input in [0, 1]")
+                    still = (adv_logits.argmax(1) == ys).cpu().numpy()
                     broken[alive[~still]] = eps
+                    report, names = _split_report(out.details, len(alive))
+                    if names is not None:
+                        composite = True
+                        hit = alive[~still]
+                        by[hit] = [names[j] if names[j] is not None else "unattributed"
+                                   for j in np.flatnonzero(~still)]
                 seconds = time.perf_counter() - t0
                 if a_i == 0 and eps == p.eps[0]:
                     seconds += clean_seconds
-                costs.append(Cost(label, eps, seconds, fwd, bwd))
-            outcomes.extend(Outcome(label, int(i), bool(c), None if np.isnan(b) else float(b))
-                            for i, c, b in zip(idx, clean_np, broken))
-            worst = broken if a_i == 0 else np.fmin(worst, broken)  # fmin: NaN (never broken) loses
+                costs.append(Cost(label, eps, seconds, fwd, bwd, report))
+            outcomes.extend(Outcome(label, int(i), bool(c), None if np.isnan(b) else float(b),
+                                    w if composite else None)
+                            for i, c, b, w in zip(idx, clean_np, broken, by))
+            if a_i == 0:
+                worst, worst_by = broken.copy(), np.full(n, label, dtype=object)
+            else:
+                # fmin: NaN (never broken) loses; the first attack to break an example at the smallest eps
+                # is credited with it
+                earlier = ~np.isnan(broken) & (np.isnan(worst) | (broken < worst))
+                worst_by[earlier] = label
+                worst = np.fmin(worst, broken)
         if len(self.attacks) > 1:
             # AutoAttack's principle for any list: robust only if it survived every attack
-            outcomes.extend(Outcome(WORST_CASE, int(i), bool(c), None if np.isnan(b) else float(b))
-                            for i, c, b in zip(idx, clean_np, worst))
+            outcomes.extend(Outcome(WORST_CASE, int(i), bool(c), None if np.isnan(b) else float(b),
+                                    w if c and not np.isnan(b) else None)
+                            for i, c, b, w in zip(idx, clean_np, worst, worst_by))
         self._corruptions(p, idx, x, y, clean_np, outcomes, costs)
         return outcomes, costs
 
@@ -584,15 +699,9 @@ class Evaluator:
 
     def _check_contract(self, label: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> None:
         """An attack's output must be a valid point of the threat model, or no number is reported."""
-        if x_adv.shape != x.shape:
-            raise RuntimeError(f"attack {label} returned shape {tuple(x_adv.shape)} for {tuple(x.shape)}")
-        tol = 1e-5
-        if x_adv.min() < -tol or x_adv.max() > 1 + tol:
-            raise RuntimeError(f"attack {label} left the [0, 1] pixel range")
-        d = (x_adv - x).flatten(1)
-        size = d.abs().max(1).values if self.norm == "linf" else d.norm(dim=1)
-        if (size > eps * (1 + 1e-4) + tol).any():
-            raise RuntimeError(f"attack {label} exceeded eps={eps:g} ({self.norm}): max {size.max().item():.6g}")
+        what = threat_model_excess(x, x_adv, eps, self.norm)
+        if what is not None:
+            raise ThreatModelViolation(label, eps, self.norm, what)
 
     def _finish(self, run_id: str, prepared: Sequence[Prepared]) -> list[ThreatResult]:
         results = []
@@ -620,10 +729,15 @@ class Evaluator:
         return [dataclasses.replace(r, per_example=None) for r in results], warnings
 
     def _checks(self, prepared: Sequence[Prepared], results: Sequence[ThreatResult]) -> list[dict[str, Any]]:
-        """Every run's findings: the model checks from preparation and the checks across results."""
-        from attacks import result_checks
+        """Every run's findings: the model checks from preparation, the checks across results, and what
+        composite attacks reported about themselves (sub-attacks skipped, the package's own warnings,
+        Square breaking what the gradient attacks missed)."""
+        from attacks import Finding, result_checks
+        from attacks.sanity import details_checks
         info = {p.label: p for p in prepared}
         rows = []
+        reported: list[Any] = []
+        seen: set[tuple[str, str, str]] = set()
         for r in results:
             if r.norm == "corruption":
                 continue
@@ -632,7 +746,23 @@ class Evaluator:
             rows.append({"model": r.model, "attack": r.attack, "eps": r.eps, "accuracy": r.accuracy, "n": r.n,
                          "norm": r.norm, "params": r.params, "n_classes": p.data.info.num_classes,
                          "input_dim": c * h * w or None})
-        findings = [f for p in prepared for f in p.findings] + result_checks(rows)
+            b = r.breakdown or {}
+            for s in b.get("skipped") or []:
+                key = ("skip", r.model, f"{r.attack}/{s.get('name')}")
+                if key not in seen:
+                    seen.add(key)
+                    reported.append(Finding("sub_attack_skipped", f"{r.attack} ran without {s.get('name')}: "
+                                            f"{s.get('reason')}; the row is weaker than the full {r.attack}",
+                                            model=r.model, attack=r.attack))
+            for text in b.get("package_warnings") or []:
+                key = ("pkg", r.model, f"{r.attack}/{text}")
+                if key not in seen:
+                    seen.add(key)
+                    reported.append(Finding("package_warning", f"the reference package said: {text}",
+                                            model=r.model, attack=r.attack))
+            if r.attack != WORST_CASE and b.get("sub_attacks"):
+                reported.extend(details_checks(b, r.n, model=r.model, attack=r.attack, eps=r.eps))
+        findings = [f for p in prepared for f in p.findings] + result_checks(rows) + reported
         return [f.to_json() for f in findings]
 
 

@@ -36,6 +36,24 @@ def build_parser() -> Parser:
     return parser
 
 
+def _is_user_facing(e: BaseException) -> bool:
+    """The errors every package raises on purpose (bad input, a refused attack, an unusable store):
+    one line each. Looked up in sys.modules so the CLI imports no package just to catch its errors."""
+    if isinstance(e, UserError):
+        return True
+    kinds = []
+    for module, name in (("attacks.errors", "AttackError"), ("leaderboards.store", "StoreError"),
+                         ("defenses.trainer", "TrainingError")):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, name):
+            kinds.append(getattr(mod, name))
+    return bool(kinds) and isinstance(e, tuple(kinds))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
-        sys.stderr.write(f"robust-bench: error: {e}\n")
+    except Exception as e:  # noqa: BLE001 - only the typed errors below become one line
+        if not _is_user_facing(e):
+            raise
+        sys.stderr.write(f"robust-bench: error: {_one_line(e)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("robust-bench: interrupted; rerun the same command to resume\n")

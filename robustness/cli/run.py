@@ -57,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--loss", choices=("ce", "margin", "dlr"), help="loss iterative attacks ascend (default: ce)")
     a.add_argument("--attack-args", help="extra key=value,... passed to every attack that takes them")
     c = p.add_argument_group("common corruptions (--attack corruptions)")
-    c.add_argument("--corruptions", default="all15",
+    c.add_argument("--corruptions",
                    help="comma-separated corruption names, all15 (the standard 15, default) or all19 (+ the 4 extra)")
-    c.add_argument("--severity", default="1-5", help="severities: 1-5 (default), 3, or 1,3,5")
+    c.add_argument("--severity", help="severities: 1-5 (default), 3, or 1,3,5")
     c.add_argument("--corruption-preset", choices=("imagenet-c", "cifar10-c"),
                    help="parameter table (default: by image size, cifar10-c up to 64 px)")
     c.add_argument("--clean-dataset", help="with --dataset cifar10-c|cifar100-c|imagenet-c: the clean test set "
@@ -116,7 +116,12 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
     corruptions: tuple[str, ...] = ()
     if "corruptions" in names:
         names = tuple(n for n in names if n != "corruptions")
-        corruptions = parse_corruptions(args.corruptions)
+        corruptions = parse_corruptions(args.corruptions or "all15")
+    else:   # an option that would be accepted and ignored is an error
+        for flag in ("corruptions", "severity", "corruption_preset", "baseline", "clean_dataset", "clean_data_dir"):
+            if getattr(args, flag, None) is not None:
+                raise UserError(f"--{flag.replace('_', '-')} applies only to common corruptions: add "
+                                f"--attack corruptions (or drop it)")
     attacks = protocol_attacks or tuple(AttackSpec(name, params) for name in names)
     opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
                         std=parse_channels(args.std, "std"), num_classes=args.num_classes,
@@ -126,7 +131,7 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
                    n_examples=args.n_examples, subset=args.subset, seed=args.seed, batch_size=args.batch_size,
                    device=args.device, precision=args.precision, channels_last=args.channels_last,
                    model_options=opts, tag=args.tag, corruptions=corruptions,
-                   severities=parse_severities(args.severity), corruption_preset=args.corruption_preset,
+                   severities=parse_severities(args.severity or "1-5"), corruption_preset=args.corruption_preset,
                    clean_dataset=args.clean_dataset, clean_data_dir=args.clean_data_dir)
 
 
@@ -267,7 +272,29 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [f"robust accuracy % [95% Wilson interval], {norm}"] + [line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
+    out += format_split(results, eps_label)
     return "\n".join(out)
+
+
+def format_split(results: Sequence["ThreatResult"], eps_label) -> list[str]:
+    """Lines saying which part of a composite attack (AutoAttack's sub-attacks; the attacks of the worst
+    case) broke how many examples, cumulative up to each eps."""
+    by_row: dict[tuple[str, str], list] = defaultdict(list)
+    for r in results:
+        if r.breakdown and r.breakdown.get("broken_by") is not None:
+            by_row[(r.model, r.attack)].append(r)
+    lines = []
+    for (model, attack), rs in by_row.items():
+        order = [s["name"] for s in rs[0].breakdown.get("sub_attacks") or []]
+        cells = []
+        for r in sorted(rs, key=lambda r: r.eps):
+            counts = dict(r.breakdown["broken_by"])
+            names = order + sorted(k for k in counts if k not in order)
+            cells.append(f"eps={eps_label(r.eps)}: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in names))
+        if cells:
+            lines.append(f"  {model} {attack} split (examples broken by each part, up to each eps): "
+                         + "; ".join(cells))
+    return ["", "which part broke each example:"] + lines if lines else []
 
 
 def _by_corruption(rows: Sequence["ThreatResult"]) -> dict[str, dict[int, float]]:
