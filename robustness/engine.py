@@ -481,6 +481,9 @@ class Evaluator:
                              "indices": indices_sha256(p.indices), "eps": p.eps} for p in prepared]}
         facts["spec"].pop("device", None)
         facts["device"] = self.device.type
+        if "frost" in self.spec.corruptions:   # a resume must not mix photographs and the procedural frost
+            from attacks.corruptions import frost_source
+            facts["frost_source"] = frost_source()
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
     def run(self, store: ResultStore | None = None, prepared: Sequence[Prepared] | None = None) -> RunOutcome:
@@ -721,9 +724,14 @@ class Evaluator:
                         forward=sum(r.forward for r in per_attack), backward=sum(r.backward for r in per_attack)))
             for name in self.spec.corruptions:
                 for sev in self.spec.severities:
+                    params: dict[str, Any] = {"severity": sev, "preset": self.spec.corruption_preset}
+                    if name == "frost" and p.corrupted is None:
+                        # the photographs or the procedural stand-in: the numbers differ, so say which
+                        from attacks.corruptions import frost_source
+                        params["frost_source"] = frost_source()
                     results.append(self.store.recompute(
                         run_id, p.label, corruption_label(name), float(sev), dataset=p.dataset_name,
-                        norm="corruption", params={"severity": sev, "preset": self.spec.corruption_preset}))
+                        norm="corruption", params=params))
         warnings = self._checks(prepared, results)
         self.store.finish_run(run_id, results, warnings)
         return [dataclasses.replace(r, per_example=None) for r in results], warnings

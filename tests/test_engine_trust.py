@@ -309,3 +309,13 @@ def test_stochastic_attacks_do_not_depend_on_the_batch_size(tmp_path):
             per.append({(r.attack, r.eps): r.per_example.correct
                         for r in store.results(out.run_id, with_examples=True)})
     assert per[0] == per[1]
+
+
+def test_frost_results_say_which_frost_was_used(cli, tmp_path):
+    from attacks.corruptions import frost_source
+    out = tmp_path / "f.json"
+    res = cli("run", "--model", "digits-cnn", "--attack", "corruptions", "--corruptions", "frost", "--severity", "2",
+              "--n-examples", "20", "--db", tmp_path / "r.db", "--json", out)
+    assert res.code == 0, res
+    (r,) = [r for r in json.loads(out.read_text())["results"] if r["attack"] == "corruption:frost"]
+    assert r["params"]["frost_source"] == frost_source() in ("assets", "procedural")
