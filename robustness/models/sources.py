@@ -135,10 +135,8 @@ def from_file(path: str, opts: ModelOptions) -> LoadedModel:
             raise UserError(f"cannot load TorchScript model {p}: {e}") from None
         return _scripted(module, name, "torchscript", p, opts)
     if kind == "export":
-        try:
-            module = _TracedGraph(torch.export.load(str(p)).module())
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot load torch.export model {p}: {e}") from None
+        from .export_archive import load_export_module
+        module = _TracedGraph(load_export_module(p, allow_unsafe=opts.allow_unsafe))
         return _scripted(module, name, "export", p, opts)
     blob = load_file(p, allow_unsafe=opts.allow_unsafe)
     if is_own_checkpoint(blob):
