@@ -226,6 +226,9 @@ class PassCounter(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        # a new Module says training=True; third-party attacks read the flag to restore "the model's" mode
+        # afterwards (torchattacks calls .train() on it), which would put the wrapped model in train mode
+        self.train(model.training)
         self.forward_count = 0
         self.backward_count = 0
 

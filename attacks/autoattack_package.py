@@ -134,9 +134,9 @@ class AutoAttackPackage:
         if eps == 0 or n == 0:
             return AttackOutput(x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device), 0, 0, details)
         pkg = import_autoattack()
-        counter = PassCounter(model)
         seed = int(seeds[0]) if seeds is not None and len(seeds) else 0
         with frozen(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            counter = PassCounter(model)       # in eval mode, as the model is now
             with torch.no_grad():
                 k = int(counter(x[:1]).shape[1])
             details["n_classes"] = k

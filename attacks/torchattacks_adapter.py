@@ -29,7 +29,9 @@ neither needs it nor gets slower):
   adapter never calls `set_normalization_used`; the model it hands torchattacks is a `PassCounter`,
   never a torchattacks `RobModel`, so torchattacks finds no normalization to apply either.
 - The model is attacked in eval mode without weight gradients (`frozen`); its mode and flags are
-  restored afterwards (torchattacks' own mode switching sees the eval model and leaves it in eval).
+  restored afterwards. torchattacks restores the mode it finds on the model it is handed, so the
+  `PassCounter` is made inside `frozen`, in eval mode (made in train mode, it was switched back to
+  train before our verify pass, and the flags were read off dropout and batch statistics).
 - Randomness: torchattacks draws from torch's global RNG, per batch. The adapter seeds it with the first
   example's seed inside a forked RNG (the global random state is left as it was): a call is
   reproducible, but an example's outcome depends on the other examples in its batch, so every
@@ -138,9 +140,9 @@ class TorchAttack:
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         if eps == 0 or n == 0:
             return AttackOutput(x.clone(), fooled, 0, 0)
-        counter = PassCounter(model)
         seed = int(seeds[0]) if seeds is not None and len(seeds) else 0
         with frozen(model), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            counter = PassCounter(model)       # made in eval mode: torchattacks restores what it finds
             torch.manual_seed(seed)
             with torch.no_grad():
                 k = int(counter(x[:1]).shape[1])
