@@ -8,13 +8,21 @@
   `pkg_resources`, gone from setuptools 81. `import_robustbench()` aliases `autoattack` to
   `pyautoattack` in `sys.modules` (only when no real `autoattack` exists) before importing it, and turns a
   missing `pkg_resources` into an ImportError that says to install `setuptools<81`.
+- RobustBench's `load_model` (and timm, which it uses for some zoo entries, and torch.hub for others) call
+  `torch.load` without `weights_only` or with `weights_only=False`: with `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`
+  or an old torch, a zoo checkpoint runs code. `robustbench_load_model()` holds every `torch.load` made
+  during the call to `weights_only=True`, keeping the package's own per-model state-dict handling.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
+from typing import Any, Iterator
 
 from .errors import AttackUnavailable
 
@@ -52,7 +60,9 @@ def import_robustbench() -> ModuleType:
     """`robustbench`, importable despite its PyPI packaging (see the module docstring)."""
     _alias_autoattack()
     try:
-        import pkg_resources  # noqa: F401  (robustbench.loaders needs it)
+        with warnings.catch_warnings():   # its deprecation notice would be a second stderr line per run
+            warnings.simplefilter("ignore")
+            import pkg_resources  # noqa: F401  (robustbench.loaders needs it)
     except ImportError:
         raise ImportError("robustbench needs pkg_resources, removed in setuptools 81: "
                           "pip install 'setuptools<81'") from None
@@ -62,3 +72,36 @@ def import_robustbench() -> ModuleType:
             return importlib.import_module("robustbench")
         except ImportError as e:
             raise ImportError(f"robustbench is not importable ({e}): pip install 'robust-bench[zoo]'") from None
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def weights_only_torch_load() -> Iterator[None]:
+    """Every `torch.load` in the block unpickles tensors and plain containers only (weights_only=True),
+    whatever the caller passed: a checkpoint holding anything else fails with UnpicklingError."""
+    import torch
+    with _LOAD_LOCK:
+        original = torch.load
+
+        def load(*args: Any, **kwargs: Any) -> Any:
+            kwargs["weights_only"] = True
+            return original(*args, **kwargs)
+        torch.load = load  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            torch.load = original  # type: ignore[assignment]
+
+
+def robustbench_load_model(name: str, model_dir: str | Path, dataset: str, threat_model: str, *,
+                           allow_unsafe: bool = False) -> Any:
+    """`robustbench.utils.load_model`, with its checkpoint reads held to weights_only=True unless
+    `allow_unsafe` (the CLI's --unsafe-load)."""
+    import_robustbench()
+    from robustbench.utils import load_model
+    if allow_unsafe:
+        return load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+    with weights_only_torch_load():
+        return load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)

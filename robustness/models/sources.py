@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import pickle
 import re
 import sys
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def from_own_checkpoint(blob: dict[str, Any], path: str, name: str, opts: ModelO
                      preprocess=Preprocess(**pre) if isinstance(pre, dict) else None,
                      weights_sha256=state_dict_sha256(blob["state_dict"]), weights_path=str(path),
                      extra={**{k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
-                                                                    "trained_with", "threat_model")},
+                                                                    "trained_with", "threat_model", "training_failure")},
                             "arch_kwargs": kwargs})
     return LoadedModel(module, info)
 
@@ -285,7 +286,6 @@ def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
         import_robustbench()
         from robustbench.model_zoo import model_dicts
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-        from robustbench.utils import load_model
     except ImportError as e:
         raise UserError(str(e)) from None
     try:
@@ -298,11 +298,17 @@ def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
         raise unknown(f"RobustBench {dataset}/{threat} model", name, zoo)
     model_dir = Path(opts.weights or os.environ.get("ROBUST_BENCH_ZOO", "models"))
     path = model_dir / dataset / threat / f"{name}.pt"
+    from attacks._compat import robustbench_load_model
     try:
-        net = load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat)
+        net = robustbench_load_model(name, model_dir, dataset, threat, allow_unsafe=opts.allow_unsafe)
+    except pickle.UnpicklingError:
+        where = path if path.is_file() else "its downloaded weights (timm / torch hub cache)"
+        raise UserError(f"RobustBench model {name}: {where} stores Python objects, not just tensors: loading it "
+                        f"would run code from the file. Re-save it as a state_dict, or pass --unsafe-load if you "
+                        f"trust its source") from None
     except Exception as e:  # noqa: BLE001 - offline download failure or a corrupt file
         if path.is_file():
-            raise UserError(f"cannot load RobustBench model {name} from {path}: {type(e).__name__}: {e}") from None
+            raise UserError(f"cannot load RobustBench model {name} from {path}: {_first_line(e)}") from None
         raise UserError(f"RobustBench weights for {name} are not at {path} and downloading them failed "
                         f"({type(e).__name__}); put the file there or pass --weights DIR (the model dir)") from None
     size = 224 if dataset == "imagenet" else 32
@@ -313,3 +319,8 @@ def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
                      weights_sha256=state_dict_sha256(net), weights_path=str(path),
                      extra={"threat_model": threat, "robustbench_board": f"{dataset}/{threat}"})
     return LoadedModel(net, info)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -159,3 +159,58 @@ def test_checkpoints_hold_with_torch_forced_to_full_unpickling(tmp_path):
                               env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert not marker.exists(), f"{how}: the payload ran with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (how, proc.stderr[-2000:])
+
+
+# ---- RobustBench model directories ----
+
+def _need_robustbench() -> None:
+    from attacks._compat import import_robustbench
+    try:
+        import_robustbench()
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
+def _zoo_with(tmp: Path, name: str, payload: bytes) -> Path:
+    zoo = tmp / "zoo"
+    (zoo / "cifar10" / "Linf").mkdir(parents=True)
+    (zoo / "cifar10" / "Linf" / f"{name}.pt").write_bytes(payload)
+    return zoo
+
+
+@pytest.mark.slow   # a subprocess importing robustbench: ~25 s on the shared machine
+def test_hostile_robustbench_checkpoint_runs_nothing_even_when_torch_defaults_to_pickle(tmp_path):
+    """robustbench calls torch.load without weights_only: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (or an old
+    torch) its own loader unpickles anything. Ours must not."""
+    _need_robustbench()
+    marker = tmp_path / "MARKER"
+    zoo = _zoo_with(tmp_path, "Wong2020Fast", craft.payload_torch_save(marker))
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([*python_cmd(), "run", "--model", "robustbench:Wong2020Fast", "--weights", str(zoo),
+                           "--attack", "fgsm", "--eps", "1/255", "--n-examples", "4", "--db", str(tmp_path / "r.db")],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert not marker.exists(), "the zoo checkpoint's payload ran"
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--unsafe-load" in lines[0], proc.stderr[-3000:]
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_robustbench_weights_load_as_robustbench_loads_them(tmp_path):
+    """Same module outputs as robustbench.utils.load_model on the same file (the package's own loader is
+    the reference), for a checkpoint in the zoo's {'state_dict': {'module.' ...}} layout."""
+    _need_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.utils import load_model
+    from robustness.models import ModelOptions, create_model
+    torch.manual_seed(0)
+    net = model_dicts[BenchmarkDataset("cifar10")][ThreatModel("Linf")]["Wong2020Fast"]["model"]()
+    import io
+    buf = io.BytesIO()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}, buf)
+    zoo = _zoo_with(tmp_path, "Wong2020Fast", buf.getvalue())
+    ours = create_model("robustbench:Wong2020Fast", ModelOptions(weights=str(zoo))).module.eval()
+    ref = load_model("Wong2020Fast", model_dir=str(zoo), dataset="cifar10", threat_model="Linf").eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
