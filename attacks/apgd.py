@@ -43,7 +43,9 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -72,14 +74,16 @@ def derive_seeds(seeds: torch.Tensor | None, *salt: int) -> torch.Tensor | None:
 
 
 def checkpoints(steps: int) -> list[int]:
-    """Iterations (1-based counts of steps taken) after which the step-size conditions are checked."""
-    p = [0.0, 0.22]
+    """Iterations (1-based counts of steps taken) after which the step-size conditions are checked:
+    the paper's w_j = ceil(p_j * steps), in exact arithmetic (0.41 * 100 is 41.000000000000004 in floats,
+    whose ceil would be 42)."""
+    p = [Fraction(0), Fraction(22, 100)]
     while True:
-        nxt = p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)
+        nxt = p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100))
         if nxt > 1:
             break
         p.append(nxt)
-    out = sorted({max(1, int(round(q * steps))) for q in p[1:]})
+    out = sorted({max(1, math.ceil(q * steps)) for q in p[1:]})
     return [w for w in out if w <= steps]
 
 

@@ -40,10 +40,14 @@ def _check(model, x, y, out, eps, norm):
 
 
 def test_checkpoints_follow_the_paper():
-    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)
+    # Croce & Hein 2020, section 3.2: w_j = ceil(p_j N), p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99
+    # (p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), worked out by hand). At N = 100 the reference
+    # package's integer schedule (22, then steps of 19, 16, 13, 10, 7, 6, 6) gives the same iterations.
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert checkpoints(10) == [2, 4, 6, 7, 8, 9, 10]
-    assert all(1 <= c <= 5 for c in checkpoints(5))
+    # N = 10: ceil(2.2, 4.1, 5.7, 7.0, 8.0, 8.7, 9.3, 9.9) = 3, 5, 6, 7, 8, 9, 10, 10
+    assert checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+    # N = 5: ceil(1.1, 2.05, 2.85, 3.5, 4.0, 4.35, 4.65, 4.95) = 2, 3, 3, 4, 4, 5, 5, 5
+    assert checkpoints(5) == [2, 3, 4, 5]
 
 
 def test_targeted_dlr_loss_sign():
@@ -51,6 +55,8 @@ def test_targeted_dlr_loss_sign():
     y = torch.tensor([0, 0])
     t = torch.tensor([1, 1])
     v = targeted_dlr_loss(z, y, t)
+    # by hand: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) = -(5 - 1) / (5 + 0.5) and -(1 - 5) / 5.5
+    assert torch.allclose(v, torch.tensor([-4 / 5.5, 4 / 5.5]))
     assert v[0] < 0 < v[1]            # positive once the target beats the label
     assert torch.allclose(targeted_dlr_loss(3 * z, y, t), v)   # scale invariant
 
@@ -164,6 +170,17 @@ def _lp_linf(p, w, b):
     return res.fun if res.status == 0 else None
 
 
+def _qp_l2(p, w, b):
+    """min |d|_2 s.t. w . (p + d) = b, 0 <= p + d <= 1, by scipy's SLSQP (a general solver, not ours)."""
+    from scipy.optimize import minimize
+    import numpy as np
+    res = minimize(lambda d: d @ d, np.zeros_like(p), jac=lambda d: 2 * d, method="SLSQP",
+                   constraints=[{"type": "eq", "fun": lambda d: w @ (p + d) - b, "jac": lambda d: w}],
+                   bounds=list(zip(-p, 1 - p)), options={"ftol": 1e-14, "maxiter": 500})
+    assert res.success, res.message
+    return float(np.sqrt(res.fun))
+
+
 def test_hyperplane_box_projection_is_the_minimal_norm_point():
     scipy = pytest.importorskip("scipy")  # noqa: F841
     g = torch.Generator().manual_seed(0)
@@ -179,6 +196,9 @@ def test_hyperplane_box_projection_is_the_minimal_norm_point():
         d = hyperplane_box_projection(p, w, b, "linf")
         ref = _lp_linf(p[0].numpy(), w[0].numpy(), float(b))
         assert ref is not None and abs(ref - float(d.abs().max())) < 1e-6
+        d = hyperplane_box_projection(p, w, b, "l2")
+        ref = _qp_l2(p[0].numpy(), w[0].numpy(), float(b))
+        assert abs(ref - float(d.norm())) < 1e-5       # SLSQP converges to about 1e-7 here
     # L2 without binding box constraints: the textbook projection
     p = torch.full((1, 4), 0.5, dtype=torch.float64)
     w = torch.tensor([[1.0, 2.0, 0.0, -1.0]], dtype=torch.float64)

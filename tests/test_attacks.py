@@ -46,19 +46,31 @@ def test_eps_zero_changes_nothing(digits, norm, attack):
     assert not out.fooled.any() and out.forward == 0
 
 
-def test_fgsm_equals_one_pgd_step_without_random_start(digits):
+@pytest.mark.parametrize("norm", NORMS)
+def test_fgsm_and_one_pgd_step_are_the_textbook_step(digits, norm):
+    """FGSM (Goodfellow et al. 2015) and its L2 form, the fast gradient method: x + eps * sign(g), or
+    x + eps * g / |g|_2, clipped to [0, 1], written here by hand. PGD with one step of size eps and no
+    random start is the same step (FGSM reuses PGD's loop, so each is checked against the hand step, not
+    against the other)."""
     model, x, y = digits
-    eps = 0.1
+    eps = _eps(norm)
     xs, ys = x[:100], y[:100]
-    fgsm = FGSM()(model, xs, ys, eps).x_adv
-    pgd = PGD(steps=1, step_size=eps, random_start=False, early_stop=False)(model, xs, ys, eps).x_adv
-    assert torch.equal(fgsm, pgd)
-    # and both equal the textbook step, computed here by hand
     xr = xs.clone().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(model(xr), ys, reduction="sum")
     grad, = torch.autograd.grad(loss, xr)
-    manual = (xs + eps * grad.sign()).clamp(0, 1)
-    assert torch.allclose(fgsm, manual, atol=1e-6)
+    if norm == "linf":
+        step = grad.sign()
+    else:
+        step = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-30).view(-1, 1, 1, 1)
+    manual = (xs + eps * step).clamp(0, 1)
+    fgsm = FGSM(norm=norm)(model, xs, ys, eps).x_adv
+    pgd = PGD(norm=norm, steps=1, step_size=eps, random_start=False, early_stop=False)(model, xs, ys, eps).x_adv
+    # on examples the clean model gets right (the only ones the engine attacks) both are the hand step
+    with torch.no_grad():
+        right = model(xs).argmax(1) == ys
+    assert right.sum() > 90
+    assert torch.allclose(fgsm[right], manual[right], atol=1e-6)
+    assert torch.allclose(pgd[right], manual[right], atol=1e-6)
 
 
 @pytest.mark.parametrize("attack", [FGSM(), PGD(steps=2), PGD(steps=2, norm="l2")])
@@ -105,13 +117,25 @@ def test_random_starts_do_not_depend_on_batch_composition():
     assert (l2.flatten(1).norm(dim=1) <= 0.5 + 1e-6).all()
 
 
-def test_projection():
-    d = torch.randn(4, 3, 5, 5)
-    assert (project(d, 0.1, "linf").abs() <= 0.1).all()
-    p = project(d, 0.5, "l2")
-    assert torch.allclose(p.flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-5)
-    small = d * 1e-3
-    assert torch.equal(project(small, 0.5, "l2"), small * torch.clamp(0.5 / (small.flatten(1).norm(dim=1) + 1e-12), max=1).view(-1, 1, 1, 1))
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
+def test_projection_is_the_nearest_point_of_the_ball(norm, eps):
+    """The defining property, checked without the formula: the projection lies in the ball, leaves
+    points already inside unchanged, and no point of the ball (random ones, and the segment towards the
+    point) is nearer to the original."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(4, 3, 5, 5, generator=g)
+    p = project(d, eps, norm)
+    assert (_size(p, norm) <= eps * (1 + 1e-6)).all()
+    inside = d * (0.5 * eps / _size(d, norm)).view(-1, 1, 1, 1)
+    assert torch.allclose(project(inside, eps, norm), inside, atol=1e-7)
+    gap = (p - d).flatten(1).norm(dim=1)
+    for _ in range(200):
+        q = torch.randn(4, 3, 5, 5, generator=g)
+        q = q * (eps * torch.rand(4, 1, 1, 1, generator=g) / _size(q, norm).view(-1, 1, 1, 1))
+        q = q.clamp(-eps, eps) if norm == "linf" else q
+        assert ((q - d).flatten(1).norm(dim=1) >= gap - 1e-6).all()
+    for t in (0.9, 0.99):       # moving from the projection towards the ball's centre only gets farther
+        assert ((t * p - d).flatten(1).norm(dim=1) >= gap - 1e-6).all()
 
 
 def test_registry_refuses_duplicates_and_filters_args():
