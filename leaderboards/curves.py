@@ -80,7 +80,9 @@ def _save(fig, plt, out: Path) -> None:
     if fmt not in ("png", "svg"):
         plt.close(fig)
         raise ValueError(f"plots are written as .png or .svg, not {out.name!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():   # a mistyped path is an error, not a new folder tree
+        plt.close(fig)
+        raise FileNotFoundError(f"folder {out.parent} does not exist")
     # fixed metadata: the same results give the same file (no creation date, no software stamp)
     meta = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
     fig.savefig(out, dpi=DPI, format=fmt, metadata=meta)
@@ -269,6 +271,8 @@ def plot(store: ResultStore, kind: str, out: str | Path, *, filters: Filters = F
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg"):
         raise ValueError(f"plots are written as .png or .svg, not {out.name!r}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder {out.parent} does not exist")
     sel = select(store, filters, protocol)
     ranked = _ranked_models(sel, protocol)
     fn = {"eps": plot_eps, "severity": plot_severity, "corruptions": plot_corruption_heatmap}[kind]

@@ -13,6 +13,11 @@ allows only the page's own inline script and style (by hash) and local images.
 
 The page state (sort column and direction, search text) lives in the URL hash, e.g.
 index.html#sort=model:asc&q=resnet, so a view can be bookmarked.
+
+Files: the site writes into a new or empty folder, or into the folder of an earlier site, which it knows by
+DIR/.robust-bench-site.json, the list of files that build wrote. A rebuild deletes only those files (pages of
+models no longer on the board must not linger) and refuses to write over any other file: a user's ./models
+or ./plots next to the store is never touched (`SiteError`).
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ import hashlib
 import html
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -234,25 +238,88 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
+MARKER = ".robust-bench-site.json"
+_OWN = re.compile(r"index\.html|leaderboard\.json|models/[A-Za-z0-9._-]+\.html|plots/(eps|severity|corruptions)\.(png|svg)")
+_PLOTS = ("eps", "severity", "corruptions")
+
+
+class SiteError(Exception):
+    """The output folder cannot be written without touching files the site did not write."""
+
+
+def _previous_files(out: Path) -> set[str]:
+    """The files an earlier build recorded in its marker (ours to replace); creates `out` if it is new.
+    Refuses a folder that holds other things and carries no marker."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise SiteError(f"{out} exists and is not a folder")
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise SiteError(f"folder {out.parent} does not exist (the site creates only its own folder)")
+        out.mkdir()
+        return set()
+    marker = out / MARKER
+    if not marker.exists():
+        if any(out.iterdir()):
+            raise SiteError(f"{out} already holds files that robust-bench site did not write; pass a new or empty "
+                            f"folder, or the folder of an earlier site")
+        return set()
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, list):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SiteError(f"{marker} is damaged: cannot tell which files the earlier site wrote; remove the folder "
+                        f"or pass another one") from None
+    return {f for f in files if isinstance(f, str) and _OWN.fullmatch(f)}
+
+
+def _claim(out: Path, targets: Sequence[str], previous: set[str]) -> None:
+    """Refuse before deleting anything if a file we would write exists and is not ours."""
+    for sub in ("models", "plots"):
+        d = out / sub
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            raise SiteError(f"{d} exists and is not a folder the site wrote; move it or pass another folder")
+    for t in targets:
+        p = out / t
+        if (p.exists() or p.is_symlink()) and (t not in previous or p.is_symlink() or not p.is_file()):
+            raise SiteError(f"{p} exists and was not written by robust-bench site; move it or pass another folder")
+
+
+def _write_marker(out: Path, files: Sequence[str]) -> None:
+    (out / MARKER).write_text(json.dumps({"written_by": "robust-bench site", "files": sorted(set(files))},
+                                         indent=1) + "\n", encoding="utf-8")
+
+
 def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filters(),
                protocol: Protocol | None = None, plot_format: str = "png", plots: bool = True,
                max_models: int = 10, site_title: str | None = None) -> SiteResult:
     out = Path(out)
     if plot_format not in ("png", "svg"):
         raise ValueError("plot format must be png or svg")
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("models", "plots"):  # pages of models no longer on the board must not linger
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
-    (out / "models").mkdir()
+    previous = _previous_files(out)
     sel = select(store, filters, protocol)
     board = board_from_selection(sel, protocol)
-    data = board_json(board)
-    made = _plot_files(sel, board, out, plot_format, max_models) if plots and board.rows else []
-    page_title = site_title or title(board)
 
     def href(r: BoardRow) -> str:
         return f"models/{model_slug(r.model, r.dataset)}.html"
+    draw = plots and bool(board.rows)
+    targets = ["index.html", "leaderboard.json"] + [href(r) for r in board.rows] + \
+        ([f"plots/{k}.{plot_format}" for k in _PLOTS] if draw else [])
+    _claim(out, targets, previous)
+    _write_marker(out, sorted(previous | set(targets)))   # a build that dies half way still knows its files
+    for f in sorted(previous):   # pages of models no longer on the board must not linger
+        if (out / f).is_file() and not (out / f).is_symlink():
+            (out / f).unlink()
+    for sub in ("models", "plots"):
+        d = out / sub
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    (out / "models").mkdir(exist_ok=True)
+    if draw:
+        (out / "plots").mkdir(exist_ok=True)
+    data = board_json(board)
+    made = _plot_files(sel, board, out, plot_format, max_models) if draw else []
+    page_title = site_title or title(board)
     threats_txt = ", ".join(board.labels[t] for t in board.threats) or "none"
     intro = [f"<h1>{e(page_title)}</h1>",
              f'<p class="note">{len(board.rows)} models; threats: {e(threats_txt)}. Accuracy % with its 95% '
@@ -286,6 +353,10 @@ def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filter
     for r in store.results():
         by_run_model.setdefault((r.run_id, r.model), []).append(r)
     pages = [_model_page(board, r, runs, by_run_model, out / href(r), page_title) for r in board.rows]
+    if draw and not made and not any((out / "plots").iterdir()):
+        (out / "plots").rmdir()
+    _write_marker(out, ["index.html", "leaderboard.json"] + [href(r) for r in board.rows] +
+                  [p.relative_to(out).as_posix() for p, _, _ in made])
     return SiteResult(out, index, tuple(pages), tuple(p for p, _, _ in made), len(board.rows))
 
 

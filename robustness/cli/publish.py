@@ -71,12 +71,34 @@ def _board(args: argparse.Namespace) -> Board:
     return board
 
 
-def _write(text: str, out: str | None) -> None:
+def _output_path(out: str) -> Path:
+    """A file the user named for output: its folder must exist (none is created), and it must not be a
+    folder or a SQLite file (a results store given by mistake would be overwritten)."""
+    path = Path(out)
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {parent} does not exist")
+    if path.is_dir():
+        raise UserError(f"cannot write {out}: it is a folder; name a file")
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        if head == b"SQLite format 3\0":
+            raise UserError(f"refusing to overwrite {out}: it is an SQLite database (a results store?)")
+    return path
+
+
+def _write(text: str, out: str | None, *, append: bool = False) -> None:
     if out:
-        path = Path(out)
-        if not path.resolve().parent.is_dir():
-            raise UserError(f"cannot write {out}: folder {path.resolve().parent} does not exist")
-        path.write_text(text, encoding="utf-8")
+        path = _output_path(out)
+        try:
+            with open(path, "a" if append else "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     else:
         sys.stdout.write(text)
 
@@ -108,6 +130,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from leaderboards.curves import NothingToPlot, plot
     if Path(args.out).suffix.lower() not in (".png", ".svg"):
         raise UserError(f"--out must end in .png or .svg, got {args.out!r}")
+    _output_path(args.out)
     size = _size(args.size)
     protocol = _protocol(args.protocol)
     with _open(args.db) as store:
@@ -118,6 +141,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
         except ImportError as e:
             raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
     print(f"wrote {res.path} ({res.panels} panel(s), {len(res.models)} model(s)"
           + (f"; {res.note}" if res.note else "") + ")", file=sys.stderr)
     return 0
@@ -126,7 +151,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # ---- site ----
 
 def cmd_site(args: argparse.Namespace) -> int:
-    from leaderboards.site import build_site
+    from leaderboards.site import SiteError, build_site
     protocol = _protocol(args.protocol)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -135,8 +160,11 @@ def cmd_site(args: argparse.Namespace) -> int:
         try:
             res = build_site(store, out, filters=_filters(args), protocol=protocol, plot_format=args.plot_format,
                              plots=args.plots, max_models=args.max_models, site_title=args.title)
-        except ImportError as e:
+        except (ImportError, SiteError) as e:
             raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError(f"cannot write the site to {args.out}: {e.strerror or e}"
+                            + (f" ({e.filename})" if e.filename else "")) from None
     if not res.rows:
         print("warning: no complete results match; the site has an empty table", file=sys.stderr)
     print(f"wrote {res.index} ({res.rows} models, {len(res.plots)} plot(s)); open it in a browser, no server needed",
@@ -152,6 +180,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("--max-drop must be >= 0 (points of accuracy)")
     if not 0 < args.alpha < 1:
         raise UserError("--alpha must be between 0 and 1")
+    for out in (args.summary, args.junit):   # checked before anything is computed or written
+        if out:
+            _output_path(out)
     try:
         base = load_run(args.baseline, args.db)
         cand = load_run(args.candidate, args.db)
@@ -164,8 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     md = to_markdown(cmp)
     sys.stdout.write(md)
     if args.summary:
-        with open(args.summary, "a", encoding="utf-8") as f:
-            f.write(md + "\n")
+        _write(md + "\n", args.summary, append=True)
     if args.junit:
         _write(to_junit(cmp), args.junit)
     if cmp.failed:
@@ -213,7 +243,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "model under DIR/models/ and DIR/leaderboard.json. No network access is needed to "
                            "view it."),
                        epilog="example:\n  robust-bench site --out site/ && xdg-open site/index.html")
-    p.add_argument("--out", required=True, help="output folder (created; its models/ and plots/ are replaced)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier site's (only the files "
+                   "that site wrote are replaced; any other file there is never touched)")
     p.add_argument("--title", help="page title (default: the protocol's title or the data sets)")
     p.add_argument("--plot-format", default="png", choices=("png", "svg"))
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="draw plots (default: yes)")
