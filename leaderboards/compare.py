@@ -285,6 +285,8 @@ def compare(base: RunOutcomes, cand: RunOutcomes, *, baseline_model: str | None 
             candidate_model: str | None = None, max_drop: float | None = None, alpha: float = 0.05) -> Comparison:
     if not 0 < alpha < 1:
         raise ValueError("alpha must be between 0 and 1")
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise ValueError("max_drop must be a finite number >= 0 (NaN or infinity would turn the gate off)")
     pairs = _pair_models(base, cand, baseline_model, candidate_model)
     for b, c in pairs:
         _check(b, c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,8 @@ def cmd_site(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from leaderboards.compare import NotComparable, RunNotFound, compare, load_run, to_junit, to_markdown
-    if args.max_drop is not None and args.max_drop < 0:
-        raise UserError("--max-drop must be >= 0 (points of accuracy)")
+    if args.max_drop is not None and not (math.isfinite(args.max_drop) and args.max_drop >= 0):
+        raise UserError(f"--max-drop must be a finite number >= 0 (points of accuracy), got {args.max_drop}")
     if not 0 < args.alpha < 1:
         raise UserError("--alpha must be between 0 and 1")
     for out in (args.summary, args.junit):   # checked before anything is computed or written

@@ -1,0 +1,111 @@
+"""One table of bad inputs: each is one line on stderr and exit code 2, and leaves the results store
+byte for byte as it was (or, for a new --db, absent). Add a row for every new option.
+
+Placeholders in a row: {db} a store with two complete runs {a} and {b} of the same examples; {new} a
+store path that does not exist yet; {tmp} the test's folder; {f:NAME} a file from FILES written there."""
+from __future__ import annotations
+
+import hashlib
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leaderboards import ResultStore
+from leaderboards.synthetic import add_synthetic_run
+
+
+def _npz(x: np.ndarray, y: np.ndarray):
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, x=x, y=y)
+    return write
+
+
+_IMGS = np.random.RandomState(0).rand(6, 1, 8, 8).astype(np.float32)
+
+FILES = {
+    "labels_negative.npz": _npz(_IMGS, np.array([0, 1, -1, 2, 3, 4])),
+    "labels_fraction.npz": _npz(_IMGS, np.array([0, 1, 3.5, 2, 3, 4])),
+    "labels_text.npz": _npz(_IMGS, np.array(["0", "1", "2", "3", "4", "5"])),
+    "suite_fifty.yaml": "models: [digits-cnn]\nsettings: {n_examples: fifty}\n",
+    "suite_seed.yaml": "models: [digits-cnn]\nsettings: {seed: abc}\n",
+    "suite_attacks.yaml": "models: [digits-cnn]\nattacks: 5\n",
+    "suite_batch.yaml": "models: [digits-cnn]\nsettings: {batch_size: -3}\n",
+    "suite_eps.yaml": "models: [digits-cnn]\nattacks: [{attack: fgsm, eps: [0.1, lots]}]\n",
+    "suite_models.yaml": "models: digits-cnn\n",
+    "suite_second_unknown.yaml": "models: [digits-cnn, no-such-model]\nattacks: [fgsm]\n"
+                                 "settings: {n_examples: 8}\n",
+    "suite_second_attack_unknown.yaml": "models: [digits-cnn]\nattacks: [fgsm, no-such-attack]\n"
+                                        "settings: {n_examples: 8}\n",
+    "empty.db": "",
+}
+
+RUN = "run --dataset digits --attack fgsm --eps 0.1 --n-examples 8 --db {new}"
+
+CASES = [
+    # compare: a gate that cannot fail is refused
+    ("compare {a} {b} --db {db} --max-drop nan", "max-drop-nan"),
+    ("compare {a} {b} --db {db} --max-drop inf", "max-drop-inf"),
+    ("compare {a} {b} --db {db} --max-drop -inf", "max-drop-minus-inf"),
+    ("compare {a} {b} --db {db} --max-drop -1", "max-drop-negative"),
+    ("compare {a} {b} --db {db} --alpha nan", "alpha-nan"),
+    # outputs
+    ("leaderboard --db {db} --out {tmp}", "leaderboard-out-folder"),
+    ("leaderboard --db {db} --out {db}", "leaderboard-out-onto-store"),
+    ("compare {a} {b} --db {db} --junit {db}", "junit-onto-store"),
+    ("compare {a} {b} --db {db} --junit {tmp}/no/such/j.xml", "junit-missing-folder"),
+    ("plot --db {db} --kind eps --out {tmp}/no/such/p.png", "plot-missing-folder"),
+]
+
+
+@pytest.fixture
+def env(tmp_path):
+    db = tmp_path / "results.db"
+    with ResultStore(db) as s:
+        a = add_synthetic_run(s, models={"m": 0.6}, attacks=["pgd"], eps=[0.1], n=40, seed=1, run_key="k1")
+        b = add_synthetic_run(s, models={"m": 0.2}, attacks=["pgd"], eps=[0.1], n=40, seed=1, run_key="k2")
+    for name, content in FILES.items():
+        if callable(content):
+            content(tmp_path / name)
+        else:
+            (tmp_path / name).write_text(content)
+    return {"db": db, "a": a, "b": b, "new": tmp_path / "new.db", "tmp": tmp_path}
+
+
+def _argv(template: str, env: dict) -> list[str]:
+    text = template
+    for name in FILES:
+        text = text.replace("{f:" + name + "}", str(env["tmp"] / name))
+    return shlex.split(text.format(**{k: str(v) for k, v in env.items()}))
+
+
+def _sha(p: Path) -> str | None:
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+
+def _case(c):
+    template, name, *marks = c
+    return pytest.param(template, id=name, marks=marks)
+
+
+@pytest.mark.parametrize("template", [_case(c) for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(template, env, cli):
+    stores = [env["db"], env["new"], env["tmp"] / "empty.db"]
+    before = {p: _sha(p) for p in stores}
+    res = cli(*_argv(template, env))
+    assert res.code == 2, res
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.err, res
+    for p in stores:
+        assert _sha(p) == before[p], f"{p} changed"
+
+
+def test_library_compare_refuses_a_gate_that_cannot_fail(env):
+    from leaderboards.compare import compare, load_run
+    base, cand = load_run(env["a"], env["db"]), load_run(env["b"], env["db"])
+    assert compare(base, cand, max_drop=1.0).failed   # the synthetic candidate is much worse
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="max_drop"):
+            compare(base, cand, max_drop=bad)
