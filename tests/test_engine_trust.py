@@ -112,7 +112,6 @@ def test_the_check_is_exact_up_to_float32_rounding():
 
 # ---- AutoAttack's breakdown reaches the store, the table, the JSON and the warnings ----
 
-@pytest.mark.xfail(strict=True, reason="pending: AutoAttack's details['broken_by'] (issue 10, in progress)")
 def test_autoattack_breakdown_is_stored_per_example(cli, tmp_path):
     out = tmp_path / "aa.json"
     res = cli("run", "--model", "digits-cnn-at", "--attack", "autoattack", "--eps", "0.1,0.2",
@@ -294,7 +293,6 @@ def test_a_model_that_raises_mid_run_is_one_line_and_the_rerun_resumes(cli, tmp_
 
 # ---- our stochastic attacks and corruptions: per-example results independent of the batch size ----
 
-@pytest.mark.xfail(strict=True, reason="pending: our own per-example-seeded Square (issue 10, in progress)")
 def test_stochastic_attacks_do_not_depend_on_the_batch_size(tmp_path):
     from robustness import AttackSpec, Evaluator, RunSpec
     attacks = (AttackSpec("pgd", (("restarts", 2), ("steps", 3))), AttackSpec("apgd", (("steps", 5),)),

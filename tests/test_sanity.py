@@ -200,8 +200,13 @@ def test_finding_is_frozen_with_stable_codes():
     with pytest.raises(Exception):
         f.code = "x"  # type: ignore[misc]
     assert f.to_json() == {"code": "gradient_masking", "message": "msg", "model": "m", "attack": None, "eps": None}
-    assert set(CODES) == {"probability_outputs", "randomized_forward", "gradient_masking", "non_monotone_eps",
-                          "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box"}
+    assert {"probability_outputs", "randomized_forward", "gradient_masking", "non_monotone_eps",
+            "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box"} <= set(CODES)
+    # every code a run can store is explained in docs/CHECKS.md, in the table and in a section of its own
+    from .conftest import ROOT
+    doc = (ROOT / "docs" / "CHECKS.md").read_text()
+    for code in CODES:
+        assert f"| `{code}` |" in doc and f"## {code}\n" in doc, code
 
 
 # ---- result checks on real attack runs ----

@@ -57,6 +57,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]   # recorded with each run
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -13,7 +13,7 @@ from .options import parse_channels, parse_eps_list, parse_kv, parse_list, posit
 
 if TYPE_CHECKING:  # torch-heavy modules load when the command runs, not when the CLI starts
     from leaderboards import ThreatResult
-    from ..engine import RunSpec
+    from ..specs import RunSpec
 
 EXAMPLES = """examples:
   robust-bench run                                   # built-in digits models, FGSM and PGD (offline)
@@ -101,7 +101,7 @@ def batch_size(text: str) -> int | str:
 
 
 def spec_from_args(args: argparse.Namespace) -> "RunSpec":
-    from ..engine import AttackSpec, RunSpec
+    from ..specs import AttackSpec, RunSpec
     from ..models import ModelOptions
     from .options import parse_number
     protocol_attacks = None
@@ -165,7 +165,7 @@ def parse_severities(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from leaderboards import ResultStore, StoreError
     from ..distributed import init_world, shutdown
-    from ..engine import Evaluator, export_json
+    from ..runner import Evaluator, export_json
     world = init_world()
     try:
         if args.config:
@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
                 if len(specs) > 1 and not quiet:
                     print(f"[{i + 1}/{len(specs)}] {', '.join(spec.models)} / "
                           f"{', '.join(a.name for a in spec.attacks)}", file=sys.stderr)
-                evaluator = Evaluator(spec, log=log, progress=not quiet and sys.stderr.isatty(), world=world)
+                evaluator = Evaluator(spec, log=log, progress=not quiet and sys.stderr.isatty(), world=world,
+                                      argv=getattr(args, "argv", None))
                 prepared = evaluator.prepare()  # every input check happens before the store is opened
                 if world.main and store is None:
                     try:
@@ -292,7 +293,7 @@ def format_split(results: Sequence["ThreatResult"], eps_label) -> list[str]:
             names = order + sorted(k for k in counts if k not in order)
             cells.append(f"eps={eps_label(r.eps)}: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in names))
         if cells:
-            lines.append(f"  {model} {attack} split (examples broken by each part, up to each eps): "
+            lines.append(f"  {model}/{attack} split (examples broken by each part, up to each eps): "
                          + "; ".join(cells))
     return ["", "which part broke each example:"] + lines if lines else []
 
