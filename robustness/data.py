@@ -156,6 +156,11 @@ def _torchvision_set(cls_name: str, name: str, channels: int, size: int, eps: di
                 raise UserError(f"{name} is not under {base} and downloading it failed ({type(e).__name__}); "
                                 f"pass --data-dir ROOT where torchvision's {cls_name} finds it") from None
         classes = tuple(getattr(ds, "classes", ()) or ()) or tuple(str(i) for i in range(10))
+        targets = getattr(ds, "targets", None)
+        if targets is None:
+            targets = getattr(ds, "labels", None)   # SVHN
+        if targets is not None:   # in memory already: the check is cheap
+            class_indices(np.asarray(targets), f"{name} under {base}", len(classes))
         info = DatasetInfo(name, len(classes), channels, classes, (size, size), eps)
         return LoadedDataset(ds, info)
     return load
@@ -215,6 +220,28 @@ def _precomputed(name: str):
 for _name, _what in (("cifar10-c", "CIFAR-10-C"), ("cifar100-c", "CIFAR-100-C"), ("imagenet-c", "ImageNet-C")):
     register_dataset(_name, _precomputed(_name), f"{_what}, the published precomputed files (--data-dir; "
                      f"with --attack corruptions)")
+
+
+# ---- labels ----
+
+def class_indices(y: Any, where: str, num_classes: int | None = None) -> np.ndarray:
+    """Labels as int64 class indices, refused unless every one is a whole number in [0, num_classes):
+    a label of -1 would be scored as a mistake, 3.5 silently truncated, text parsed."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise UserError(f"{where}: labels must be integer class indices, not {y.dtype} values")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise UserError(f"{where}: labels must be whole numbers (class indices); found {y[bad][0]:g} "
+                            f"({int(bad.sum())} such label(s))")
+    out = y.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise UserError(f"{where}: labels must be class indices >= 0; found {int(out.min())} "
+                        f"({int((out < 0).sum())} such label(s))")
+    if num_classes is not None and out.size and out.max() >= num_classes:
+        raise UserError(f"{where}: label {int(out.max())} is not a class index of its {num_classes} classes")
+    return out
 
 
 # ---- folders and array files ----
@@ -280,12 +307,13 @@ def array_file(path: Path, pre: Preprocess | None) -> LoadedDataset:
         if t.numel() and (t.min() < 0 or t.max() > 1):
             raise UserError(f"{path}: float images must be in [0, 1] (found {t.min():.3g}..{t.max():.3g})")
     y = np.asarray(y).reshape(-1)
+    class_indices(y, str(path))
     if len(y) != t.shape[0]:
         if t.shape[0] % max(len(y), 1) == 0 and len(y):
             y = np.tile(y, t.shape[0] // len(y))   # CIFAR-10-C: 5 severities share one label file
         else:
             raise UserError(f"{path}: {t.shape[0]} images but {len(y)} labels")
-    yt = torch.from_numpy(y.astype(np.int64))
+    yt = torch.from_numpy(class_indices(y, str(path)))
     n_classes = int(yt.max()) + 1 if yt.numel() else 0
     info = DatasetInfo(path.stem, n_classes, int(t.shape[1]), None, tuple(t.shape[2:]), _guess_eps(t.shape[2:]))
     return LoadedDataset(TensorImages(t, yt, tensor_transform(pre)), info)

@@ -125,3 +125,32 @@ def test_imagenet_validation_folder_in_canonical_order(tmp_path):
     shutil.rmtree(val / wnids[0])
     with pytest.raises(UserError, match="999 class folders"):
         load_dataset("imagenet", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("labels, match", [([0, 1, -1, 2], ">= 0"), ([0, 1, 3.5, 2], "whole numbers"),
+                                           ([0, 1, float("nan"), 2], "whole numbers"), (["0", "1", "2", "3"], "integer")])
+def test_bad_labels_are_refused_in_array_files(tmp_path, labels, match):
+    x = np.random.RandomState(0).rand(4, 1, 6, 6).astype(np.float32)
+    np.savez(tmp_path / "a.npz", x=x, y=np.array(labels))
+    with pytest.raises(UserError, match=match):
+        load_dataset(str(tmp_path / "a.npz"))
+    np.save(tmp_path / "imgs.npy", x)
+    np.save(tmp_path / "labels.npy", np.array(labels))
+    with pytest.raises(UserError, match=match):
+        load_dataset(str(tmp_path / "imgs.npy"))
+    np.savez(tmp_path / "ok.npz", x=x, y=np.array([0.0, 1.0, 3.0, 2.0]))   # whole floats are class indices
+    assert [load_dataset(str(tmp_path / "ok.npz")).dataset[i][1] for i in range(4)] == [0, 1, 3, 2]
+
+
+def test_a_torchvision_set_with_a_label_outside_its_classes_is_refused(monkeypatch):
+    need(SHARED / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    import torchvision
+    original = torchvision.datasets.MNIST.__init__
+
+    def corrupt(self, *a, **k):
+        original(self, *a, **k)
+        self.targets = self.targets.clone()
+        self.targets[5] = 10
+    monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", corrupt)
+    with pytest.raises(UserError, match="label 10"):
+        load_dataset("mnist", data_dir=str(SHARED), download=False)

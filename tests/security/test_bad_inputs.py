@@ -23,12 +23,13 @@ def _npz(x: np.ndarray, y: np.ndarray):
     return write
 
 
-_IMGS = np.random.RandomState(0).rand(6, 1, 8, 8).astype(np.float32)
+_IMGS = np.random.RandomState(0).rand(24, 1, 8, 8).astype(np.float32)
+_LABELS = list(range(10)) * 2 + [1, 2, 3]   # every digit class present, so only the bad label is wrong
 
 FILES = {
-    "labels_negative.npz": _npz(_IMGS, np.array([0, 1, -1, 2, 3, 4])),
-    "labels_fraction.npz": _npz(_IMGS, np.array([0, 1, 3.5, 2, 3, 4])),
-    "labels_text.npz": _npz(_IMGS, np.array(["0", "1", "2", "3", "4", "5"])),
+    "labels_negative.npz": _npz(_IMGS, np.array(_LABELS + [-1])),
+    "labels_fraction.npz": _npz(_IMGS, np.array(_LABELS + [3.5])),
+    "labels_text.npz": _npz(_IMGS, np.array([str(v) for v in _LABELS + [4]])),
     "suite_fifty.yaml": "models: [digits-cnn]\nsettings: {n_examples: fifty}\n",
     "suite_seed.yaml": "models: [digits-cnn]\nsettings: {seed: abc}\n",
     "suite_attacks.yaml": "models: [digits-cnn]\nattacks: 5\n",
@@ -57,6 +58,13 @@ CASES = [
     ("compare {a} {b} --db {db} --junit {db}", "junit-onto-store"),
     ("compare {a} {b} --db {db} --junit {tmp}/no/such/j.xml", "junit-missing-folder"),
     ("plot --db {db} --kind eps --out {tmp}/no/such/p.png", "plot-missing-folder"),
+    # labels: integers in [0, classes)
+    ("run --model digits-cnn --dataset {f:labels_negative.npz} --attack fgsm --eps 0.1 --db {new}", "label-negative"),
+    ("run --model digits-cnn --dataset {f:labels_fraction.npz} --attack fgsm --eps 0.1 --db {new}", "label-fraction"),
+    ("run --model digits-cnn --dataset {f:labels_text.npz} --attack fgsm --eps 0.1 --db {new}", "label-text"),
+    ("train --arch digits-cnn --dataset {f:labels_negative.npz} --epochs 1 --val-size 4 --batch-size 4 "
+     "--out {tmp}/t.pt",
+     "train-label-negative"),
 ]
 
 
