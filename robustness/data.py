@@ -323,15 +323,24 @@ def load_dataset(spec: str, *, data_dir: str | None = None, split: str = "test",
                  preprocess: Preprocess | None = None, download: bool = True) -> LoadedDataset:
     if split not in ("test", "train"):
         raise UserError(f"split must be test or train, got {split!r}")
+    check_dataset(spec)
     if spec in _DATASETS:
         return _DATASETS[spec].loader(Path(data_dir) if data_dir else None, split, preprocess, download)
     path = Path(spec)
     if path.is_dir():
         return image_folder(path, preprocess)
+    return array_file(path, preprocess)
+
+
+def check_dataset(spec: str, *, data_dir: str | None = None) -> None:
+    """The error `load_dataset` would give for a name or path that resolves to nothing, without reading it."""
+    if spec in _DATASETS or Path(spec).is_dir():
+        return
+    path = Path(spec)
     if path.suffix in (".npz", ".npy"):
         if not path.is_file():
             raise UserError(f"data file not found: {path}")
-        return array_file(path, preprocess)
+        return
     if path.suffix or "/" in spec:
         raise UserError(f"dataset path not found: {spec}")
     raise unknown("dataset", spec, _DATASETS)

@@ -172,3 +172,22 @@ def test_robustbench_model_from_a_local_zoo(tmp_path, cli):
     assert missing.code == 2 and "Carmon2019Unlabeled" in missing.err
     unknown = cli("run", "--model", "robustbench:Wong2020Fas", "--db", tmp_path / "r.db")
     assert unknown.code == 2 and "did you mean" in unknown.err
+
+
+@pytest.mark.parametrize("spec", ["no-such-model", "missing.pt", "missing/arch.py:f", "nets/none.pt2", " "])
+def test_check_model_refuses_what_create_model_refuses_without_loading(spec):
+    """A suite validates every entry up front with check_model: same verdict, same message."""
+    from robustness.models import check_model
+    with pytest.raises(UserError) as checked:
+        check_model(spec)
+    with pytest.raises(UserError) as created:
+        create_model(spec)
+    assert str(checked.value) == str(created.value)
+
+
+def test_check_model_accepts_what_loads(tmp_path):
+    from robustness.models import check_model
+    for spec in ("digits-cnn", f"{ARCHS}:DigitsCNN", "resnet18"):
+        check_model(spec)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        check_model(f"{ARCHS}:DigitsCNN", ModelOptions(weights=str(tmp_path / "none.pt")))

@@ -17,7 +17,7 @@ from ..errors import UserError, unknown
 from .base import LoadedModel
 from .checkpoints import load_file
 from .sources import (ModelOptions, from_file, from_own_checkpoint, from_python, from_robustbench,
-                      from_torchvision, torchvision_names)
+                      from_torchvision, robustbench_entry, torchvision_names)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,34 @@ def _create(spec: str, opts: ModelOptions) -> LoadedModel:
     if spec in tv:
         return from_torchvision(spec, opts)
     raise unknown("model", spec, list(_MODELS) + tv)
+
+
+def check_model(spec: str, opts: ModelOptions | None = None) -> None:
+    """The UserError `create_model` would raise for a name or path that resolves to nothing, without loading
+    anything (a suite checks all its entries this way before the first run)."""
+    opts = opts or ModelOptions()
+    spec = spec.strip()
+    if not spec:
+        raise UserError("empty model name")
+    if spec.startswith("robustbench:"):
+        robustbench_entry(spec.split(":", 1)[1], opts)
+        return
+    if opts.weights and not Path(opts.weights).is_file():
+        raise UserError(f"checkpoint not found: {opts.weights}")
+    head, sep, _ = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        if not Path(head).is_file():
+            raise UserError(f"architecture file not found: {head}")
+        return
+    if spec in _MODELS:
+        return
+    if Path(spec).suffix or "/" in spec or Path(spec).exists():
+        if not Path(spec).exists():
+            raise UserError(f"model file not found: {spec}")
+        return
+    tv = torchvision_names()
+    if spec not in tv:
+        raise unknown("model", spec, list(_MODELS) + tv)
 
 
 def _builtin(file: str, name: str) -> Callable[[ModelOptions], LoadedModel]:

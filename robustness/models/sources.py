@@ -273,7 +273,8 @@ def _download(url: str, dst: Path, name: str) -> None:
 
 # ---- RobustBench model zoo: robustbench:[dataset/threat/]name ----
 
-def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
+def robustbench_entry(spec: str, opts: ModelOptions) -> tuple[str, str, str]:
+    """(dataset, threat, name) of a zoo entry that exists; UserError otherwise (nothing is loaded)."""
     from attacks._compat import import_robustbench
     parts = spec.split("/")
     if len(parts) == 3:
@@ -296,6 +297,11 @@ def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
     zoo = model_dicts[ds_enum][tm_enum]
     if name not in zoo:
         raise unknown(f"RobustBench {dataset}/{threat} model", name, zoo)
+    return dataset, threat, name
+
+
+def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
+    dataset, threat, name = robustbench_entry(spec, opts)
     model_dir = Path(opts.weights or os.environ.get("ROBUST_BENCH_ZOO", "models"))
     path = model_dir / dataset / threat / f"{name}.pt"
     from attacks._compat import robustbench_load_model

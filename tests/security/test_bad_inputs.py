@@ -41,6 +41,11 @@ FILES = {
     "suite_second_attack_unknown.yaml": "models: [digits-cnn]\nattacks: [fgsm, no-such-attack]\n"
                                         "settings: {n_examples: 8}\n",
     "empty.db": "",
+    "fixed_batch.py": "import torch\n\n\nclass Fixed(torch.nn.Module):\n"
+                      "    def __init__(self):\n        super().__init__()\n"
+                      "        self.fc = torch.nn.Linear(64, 10)\n\n"
+                      "    def forward(self, x):\n        return self.fc(x.reshape(4, 64))   # batches of 4 only\n\n\n"
+                      "def make():\n    return Fixed()\n",
 }
 
 RUN = "run --dataset digits --attack fgsm --eps 0.1 --n-examples 8 --db {new}"
@@ -65,6 +70,17 @@ CASES = [
     ("train --arch digits-cnn --dataset {f:labels_negative.npz} --epochs 1 --val-size 4 --batch-size 4 "
      "--out {tmp}/t.pt",
      "train-label-negative"),
+    # suites: wrong types, and every entry checked before the first run is stored
+    ("run --config {f:suite_fifty.yaml} --db {new}", "suite-n-examples-text"),
+    ("run --config {f:suite_seed.yaml} --db {new}", "suite-seed-text"),
+    ("run --config {f:suite_attacks.yaml} --db {new}", "suite-attacks-number"),
+    ("run --config {f:suite_batch.yaml} --db {new}", "suite-batch-negative"),
+    ("run --config {f:suite_eps.yaml} --db {new}", "suite-eps-text"),
+    ("run --config {f:suite_models.yaml} --db {new}", "suite-models-not-a-list"),
+    ("run --config {f:suite_second_unknown.yaml} --db {new}", "suite-second-model-unknown"),
+    ("run --config {f:suite_second_attack_unknown.yaml} --db {new}", "suite-second-attack-unknown"),
+    ("run --model {f:fixed_batch.py}:make --dataset digits --attack fgsm --eps 0.1 --n-examples 8 --db {new}",
+     "model-with-a-fixed-batch-size"),
 ]
 
 
@@ -117,3 +133,11 @@ def test_library_compare_refuses_a_gate_that_cannot_fail(env):
     for bad in (float("nan"), float("inf"), -1.0):
         with pytest.raises(ValueError, match="max_drop"):
             compare(base, cand, max_drop=bad)
+
+
+@pytest.mark.xfail(strict=True, reason="lead: engine probe")
+def test_a_model_with_a_fixed_batch_size_is_told_so(env, cli):
+    """The probe's one line should say what is wrong (the batch size) and what to pass, not blame the images."""
+    res = cli("run", "--model", f"{env['tmp'] / 'fixed_batch.py'}:make", "--dataset", "digits", "--attack", "fgsm",
+              "--eps", "0.1", "--n-examples", "8", "--db", env["new"])
+    assert res.code == 2 and "--batch-size" in res.err, res
