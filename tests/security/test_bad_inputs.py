@@ -141,3 +141,31 @@ def test_a_model_with_a_fixed_batch_size_is_told_so(env, cli):
     res = cli("run", "--model", f"{env['tmp'] / 'fixed_batch.py'}:make", "--dataset", "digits", "--attack", "fgsm",
               "--eps", "0.1", "--n-examples", "8", "--db", env["new"])
     assert res.code == 2 and "--batch-size" in res.err, res
+
+
+# ---- error hints name commands that exist ----
+
+def _list_choices() -> set[str]:
+    import argparse
+    from robustness.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    what = next(a for a in sub.choices["list"]._actions if a.dest == "what")
+    return set(what.choices)
+
+
+@pytest.mark.parametrize("kind", ["model", "dataset", "attack", "recipe", "factory", "architecture", "corruption",
+                                  "RobustBench cifar10/Linf model"])
+def test_unknown_name_hints_name_a_real_list_command(kind):
+    import re
+    from robustness.errors import unknown
+    msg = str(unknown(kind, "zzzzzz", [f"name{i}" for i in range(40)]))
+    assert "\n" not in msg and "zzzzzz" in msg
+    for listed in re.findall(r"robust-bench list ([^`]+)`", msg):
+        assert listed in _list_choices(), f"{kind}: the hint names `robust-bench list {listed}`, which does not exist"
+    assert "list" in msg or "name0" in msg, f"{kind}: no hint at all: {msg}"
+
+
+def test_unknown_factory_hint_from_the_cli(env, cli):
+    res = cli("run", "--model", f"{env['tmp'] / 'fixed_batch.py'}:mak3", "--dataset", "digits", "--db", env["new"])
+    assert res.code == 2 and "list factorys" not in res.err and "make" in res.err, res
