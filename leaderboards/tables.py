@@ -10,6 +10,7 @@ import csv
 import html
 import io
 import json
+import re
 from typing import Any, Callable
 
 from .board import Board, BoardRow
@@ -105,7 +106,7 @@ def to_csv(board: Board) -> str:
     head += ["worst_case", "mean", "complete", "runs"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
+    w.writerow([_csv_safe(v) for v in head])
     f = lambda v: "" if v is None else f"{100 * v:.2f}"  # noqa: E731
     for r in board.rows:
         row = [r.rank, r.model, r.dataset, r.arch or "", r.extra_data or "", r.paper_url or r.paper or "", r.n,
@@ -118,19 +119,21 @@ def to_csv(board: Board) -> str:
     return buf.getvalue()
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")   # OWASP's CSV injection triggers, plus LF
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
 def _csv_safe(v: Any) -> Any:
-    """Neutralise spreadsheet formulas in text cells (=, +, -, @ at the start)."""
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _is_number(v):
+    """Neutralise spreadsheet formulas in text cells (a leading =, +, -, @, tab, CR or LF) with a quote;
+    plain decimal numbers stay as they are (float() would also pass '-inf', '\t5' or '1_0'). A lone CR
+    becomes LF: the writer quotes fields holding its line terminator (LF) but not CR, and an unquoted CR
+    would split the row."""
+    if not isinstance(v, str):
+        return v
+    v = v.replace("\r\n", "\n").replace("\r", "\n")
+    if v[:1] in _FORMULA_START and not _NUMBER.fullmatch(v):
         return "'" + v
     return v
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 # ---- LaTeX ----

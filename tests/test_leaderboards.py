@@ -476,3 +476,26 @@ def test_protocol_examples_are_the_engines():
         if p.dataset_size:
             assert np.array_equal(p.expected_indices(),
                                   select_indices(p.dataset_size, p.n_examples, p.subset, p.seed)), name
+
+
+@pytest.mark.parametrize("bad", ["=HYPERLINK(\"http://x\")", "+1+cmd", "-2+cmd", "@SUM(A1)", "\t=cmd", "\r=cmd",
+                                 "\n=cmd", "-inf", "-nan"])
+def test_csv_cells_never_start_a_formula(tmp_path, bad):
+    """OWASP's CSV-injection triggers (=, +, -, @, tab, CR) at the start of any text cell, the header
+    included (attack names come from the store), are quoted; plain numbers stay numbers."""
+    import csv
+    import io
+    from leaderboards.tables import render
+    path = tmp_path / "c.db"
+    with ResultStore(path) as s:
+        add_run(s, "run-c-000001", "2026-01-01T10:00:00+0000",
+                {bad: {"clean": 15, "attacks": {bad: [10, 7]}, "info": {"arch": bad}}})
+    with ResultStore(path) as s:
+        board = build_board(s)
+    rows = list(csv.reader(io.StringIO(render(board, "csv"), newline="")))
+    cells = [c for row in rows for c in row]
+    shown = bad.replace("\r", "\n")   # a lone CR would split the row: written as LF in a quoted field
+    assert "'" + shown in cells and shown not in cells
+    for c in cells:
+        assert c[:1] not in ("=", "+", "@", "\t", "\r", "\n") and not (c[:1] == "-" and not c[1:2].isdigit()), c
+    assert any(c == "75.00" for c in cells)   # 15 of 20 clean: numbers are not quoted
