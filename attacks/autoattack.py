@@ -13,19 +13,29 @@ Versions (the paper's and the reference package's line-ups):
 Each sub-attack runs only on the examples every earlier one failed to break, so the result is the
 worst case over the sub-attacks, example by example.
 
-Which code runs: APGD, APGD-T, FAB and FAB-T are ours (attacks/apgd.py, attacks/fab.py), with
-per-example early stop, no weight gradients and per-example seeds. Square is the reference package's
-implementation (pyautoattack or GitHub autoattack, through `_compat.import_autoattack`), called on the
-remaining examples with a seed taken from the first remaining example's seed, inside a forked RNG so
-torch's global random state is left as it was; its passes are counted through `PassCounter`.
+Which code runs: all of it is ours: APGD, APGD-T (attacks/apgd.py), FAB, FAB-T (attacks/fab.py) and
+Square (attacks/square.py, with the package's AutoAttack settings: 5000 queries, p_init 0.8, the p
+schedule not rescaled), with per-example early stop and per-example seeds, so an example's outcome does
+not depend on its batch. The reference package is `autoattack-package`.
 
 The number of classes is read from the model's logits on the examples (never assumed): target counts
 are capped at classes - 1; with fewer than 4 classes APGD-T (targeted DLR) is skipped, with fewer than 3
 APGD-DLR, and the skipped sub-attacks are listed in `details["skipped"]`.
 
-`AttackOutput.details`: {"version", "n_classes", "skipped", "sub_attacks": [{"name", "implementation",
-"seconds", "forward", "backward", "attacked", "fooled"}]} -- the time and passes of each sub-attack and
-how many examples it ran on and broke.
+`AttackOutput.details` (plain data, for JSON):
+    version, n_classes;
+    skipped: [{"name", "reason"}] -- sub-attacks of the line-up that did not run;
+    sub_attacks: [{"name", "implementation", "seconds", "forward", "backward", "attacked", "fooled"}] --
+        time and passes of each sub-attack, how many examples it ran on and how many it broke;
+    broken_by: one entry per input row, aligned with x: the name of the sub-attack that broke the row
+        (the first in the line-up to do so: it then leaves the later ones), "clean" for a row the model
+        already misclassified, None for a row nothing broke. With verify=True a row the final re-check
+        finds unbroken is None (randomized models); one it finds broken that no sub-attack claimed is
+        "recheck".
+`merge_details(total, part, index=None)` adds one call's details to a running total (the engine calls
+once per batch and eps): per-sub-attack counts and times summed by name, skipped reasons collected
+once, broken_by concatenated in call order (with `index`, the rows' example indices are concatenated
+alongside in total["index"], so broken_by can be matched to examples).
 Arguments:
     norm: "linf" or "l2".
     version: "standard", "plus" or "rand".
@@ -41,16 +51,16 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-from ._core import AttackOutput, PassCounter, canonical_norm, check_eps, frozen
+from ._core import AttackOutput, canonical_norm, check_eps, frozen
 from .apgd import APGD, APGDT, derive_seeds
 from .fab import FAB
+from .square import Square, SquareFromPackage
 
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSIONS = {
@@ -58,43 +68,11 @@ VERSIONS = {
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
-_PACKAGE_NORM = {"linf": "Linf", "l2": "L2"}
 
 
 def _sync(x: torch.Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
-
-
-def _fork_rng(device: torch.device):
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-@dataclass(frozen=True)
-class SquareFromPackage:
-    """The reference package's Square attack on our calling convention (see the module docstring)."""
-    norm: str = "linf"
-    n_queries: int = 5000
-    p_init: float = 0.8
-
-    name = "square"
-    implementation = "package"
-
-    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                 seeds: torch.Tensor | None = None, verify: bool = True, **_: Any) -> AttackOutput:
-        from ._compat import import_autoattack
-        pkg = import_autoattack()
-        square = importlib.import_module(pkg.__name__ + ".square")
-        counter = PassCounter(model)
-        seed = int(seeds[0]) if seeds is not None and len(seeds) else 0
-        sq = square.SquareAttack(counter, p_init=self.p_init, n_queries=self.n_queries, eps=eps,
-                                 norm=_PACKAGE_NORM[self.norm], n_restarts=1, seed=seed, verbose=False,
-                                 device=x.device, resc_schedule=False)
-        with frozen(model), _fork_rng(x.device), torch.no_grad():
-            x_adv = sq.perturb(x, y)
-            fooled = counter(x_adv).argmax(1) != y   # Square returns points, not flags: one check pass
-        fwd, bwd = counter.counts()
-        return AttackOutput(x_adv.detach(), fooled, fwd, bwd)
 
 
 @dataclass(frozen=True)
@@ -141,7 +119,8 @@ class AutoAttack:
         if name == "fab-t":
             return FAB(self.norm, steps=self.steps, targeted=True, n_target_classes=self.n_target_classes)
         if name == "square":
-            return SquareFromPackage(self.norm, n_queries=self.square_queries)
+            # the package's AutoAttack settings: p_init 0.8, the halving iterations not rescaled
+            return Square(self.norm, n_queries=self.square_queries, p_init=0.8, rescale_schedule=False)
         raise ValueError(name)
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
@@ -151,21 +130,21 @@ class AutoAttack:
         n = x.shape[0]
         x_adv, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         details: dict[str, Any] = {"version": self.version if self.attacks is None else "custom",
-                                   "n_classes": None, "skipped": [], "sub_attacks": []}
+                                   "n_classes": None, "skipped": [], "sub_attacks": [], "broken_by": [None] * n}
         if eps == 0 or n == 0:
             return AttackOutput(x_adv, fooled, 0, 0, details)
         lineup = self.lineup()
-        if "square" in lineup:
-            from ._compat import import_autoattack
-            import_autoattack()   # fail before hours of APGD, not after
         fwd = bwd = 0
         with frozen(model), torch.no_grad():
             logits = model(x)
         fwd += n
         k = int(logits.shape[1])
         details["n_classes"] = k
+        by: list[str | None] = [None] * n
         # clean-misclassified examples count as broken as they are (the engine passes only correct ones)
         fooled |= logits.argmax(1) != y
+        for j in fooled.nonzero().squeeze(1).tolist():
+            by[j] = "clean"
         for i, name in enumerate(lineup):
             if name == "apgd-t" and k < 4:
                 details["skipped"].append({"name": name, "reason": f"targeted DLR needs >= 4 classes, model has {k}"})
@@ -174,8 +153,8 @@ class AutoAttack:
                 details["skipped"].append({"name": name, "reason": f"DLR needs >= 3 classes, model has {k}"})
                 continue
             todo = (~fooled).nonzero().squeeze(1)
-            entry = {"name": name, "implementation": "package" if name == "square" else "ours",
-                     "seconds": 0.0, "forward": 0, "backward": 0, "attacked": int(todo.numel()), "fooled": 0}
+            entry = {"name": name, "implementation": "ours", "seconds": 0.0, "forward": 0, "backward": 0,
+                     "attacked": int(todo.numel()), "fooled": 0}
             details["sub_attacks"].append(entry)
             if todo.numel() == 0:
                 continue
@@ -191,22 +170,34 @@ class AutoAttack:
             hit = out.fooled
             x_adv[todo[hit]] = out.x_adv[hit]
             fooled[todo[hit]] = True
+            for j in todo[hit].tolist():
+                by[j] = name
         if verify:
             with frozen(model), torch.no_grad():
                 fooled = model(x_adv).argmax(1) != y
             fwd += n
+            by = [(b or "recheck") if f else None for b, f in zip(by, fooled.tolist())]
+        details["broken_by"] = by
         return AttackOutput(x_adv.detach(), fooled, fwd, bwd, details)
 
 
-def merge_details(total: dict[str, Any] | None, part: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Add one batch's `details` to a running total (per sub-attack: seconds, forward, backward,
-    attacked, fooled summed by name; skipped and package warnings collected once). For the engine,
-    which calls an attack once per batch and eps but reports per (attack, eps)."""
+def merge_details(total: dict[str, Any] | None, part: dict[str, Any] | None, *,
+                  index: Sequence[int] | None = None) -> dict[str, Any] | None:
+    """Add one call's `details` to a running total, for the engine, which calls an attack once per batch
+    and eps but reports per (attack, eps): per sub-attack, seconds, forward, backward, attacked and fooled
+    summed by name; skipped and package warnings collected once; broken_by concatenated in call order,
+    and `index` (the example index of each of part's rows) alongside it in total["index"]. A total keeps
+    "index" only while every part came with one (else the rows could not be matched to examples)."""
     if part is None:
         return total
     if total is None:
-        total = {k: v for k, v in part.items() if k not in ("sub_attacks", "skipped", "package_warnings")}
+        total = {k: v for k, v in part.items()
+                 if k not in ("sub_attacks", "skipped", "package_warnings", "broken_by", "index")}
         total.update(sub_attacks=[], skipped=[], package_warnings=[])
+        if "broken_by" in part:
+            total["broken_by"] = []
+            if index is not None:
+                total["index"] = []
     rows = {r["name"]: r for r in total["sub_attacks"]}
     for r in part.get("sub_attacks", []):
         acc = rows.get(r["name"])
@@ -220,7 +211,22 @@ def merge_details(total: dict[str, Any] | None, part: dict[str, Any] | None) -> 
         for item in part.get(key) or []:
             if item not in total[key]:
                 total[key].append(item)
+    names = part.get("broken_by")
+    if names is not None and "broken_by" in total:
+        names = list(names)
+        if index is not None and len(index) != len(names):
+            raise ValueError(f"merge_details: {len(index)} indices for {len(names)} broken_by entries")
+        total["broken_by"].extend(names)
+        if "index" in total:
+            if index is None:
+                del total["index"]
+            else:
+                total["index"].extend(int(i) for i in index)
+    elif "broken_by" in total:
+        # a part without the per-row names: the concatenation would no longer line up with the rows
+        del total["broken_by"]
+        total.pop("index", None)
     return total
 
 
-__all__ = ["AutoAttack", "SquareFromPackage", "SUB_ATTACKS", "VERSIONS", "merge_details"]
+__all__ = ["AutoAttack", "Square", "SquareFromPackage", "SUB_ATTACKS", "VERSIONS", "merge_details"]

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .apgd import APGD, APGDT
-from .autoattack import AutoAttack, SquareFromPackage
+from .autoattack import AutoAttack
 from .autoattack_package import AutoAttackPackage
 from .errors import AttackConfigError
 from .fab import FAB
 from .fgsm import FGSM
 from .pgd import PGD
+from .square import Square, SquareFromPackage
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,12 @@ register_attack("apgd-t", APGDT, norms=("linf", "l2"),
                 description="APGD on the targeted DLR loss against the top-k other classes (Croce & Hein 2020)")
 register_attack("fab", FAB, norms=("linf", "l2"),
                 description="Fast adaptive boundary attack; targeted=True for FAB-T (Croce & Hein 2020)")
-register_attack("square", SquareFromPackage, norms=("linf", "l2"), white_box=False, batch_dependent=True,
-                description="Square attack, score-based black box (Andriushchenko et al. 2020; the AutoAttack "
-                            "package's implementation)")
-# autoattack: batch-dependent while its Square is the package's (seeded once per call)
-register_attack("autoattack", AutoAttack, norms=("linf", "l2"), batch_dependent=True,
+register_attack("square", Square, norms=("linf", "l2"), white_box=False,
+                description="Square attack, score-based black box, our implementation with per-example "
+                            "seeds (Andriushchenko et al. 2020)")
+register_attack("square-package", SquareFromPackage, norms=("linf", "l2"), white_box=False, batch_dependent=True,
+                description="Square attack, the AutoAttack package's implementation (one draw per batch)")
+register_attack("autoattack", AutoAttack, norms=("linf", "l2"),
                 description="AutoAttack, our implementation: APGD-CE, APGD-T, FAB-T, Square, worst case per "
                             "example (Croce & Hein 2020); version=standard|plus|rand")
 register_attack("autoattack-package", AutoAttackPackage, norms=("linf", "l2"), batch_dependent=True,
