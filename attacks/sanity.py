@@ -210,7 +210,7 @@ def _pct(v: float) -> str:
 
 def family(attack: str) -> str:
     """The attack family used to order attacks by strength: our registry names, torchattacks names."""
-    a = attack.lower()
+    a = attack.lower().split("(", 1)[0]   # "pgd(steps=50)": a labelled second PGD of one run
     if a.startswith("torchattacks:"):
         a = a.split(":", 1)[1]
         return {"pgdl2": "pgd", "bim": "pgd", "apgdt": "apgd-t"}.get(a, a)

@@ -130,7 +130,7 @@ def _own_params(spec: RunSpec) -> RunSpec:
         declared = set(entry.parameters())
         keep = tuple((k, v) for k, v in a.params if k in declared or _accepts_any(entry.builder))
         used.update(k for k, _ in keep)
-        attacks.append(AttackSpec(a.name, keep))
+        attacks.append(AttackSpec(a.name, keep, a.label))
     unused = sorted({k for a in spec.attacks for k, _ in a.params} - used)
     if unused:
         raise UserError(f"no listed attack takes {', '.join(unused)} (see `robust-bench list attacks`)")
@@ -146,19 +146,25 @@ def resolve_attacks(spec: RunSpec) -> tuple[RunSpec, list[tuple[str, Any]]]:
     spec = _own_params(spec)
     out, seen = [], set()
     for a in spec.attacks:
-        if a.name in seen:
-            raise UserError(f"attack {a.name!r} is listed twice")
-        seen.add(a.name)
+        if a.shown in seen:
+            raise UserError(f"attack {a.shown!r} is listed twice")
+        seen.add(a.shown)
         entry = get_attack_entry(a.name)
         if spec.norm not in entry.norms:
             raise UserError(f"attack {a.name} supports {', '.join(entry.norms)}, not {spec.norm}")
         try:
-            out.append((a.name, create_attack(a.name, norm=spec.norm, **a.kwargs)))
+            out.append((a.shown, create_attack(a.name, norm=spec.norm, **a.kwargs)))
         except ImportError as e:
             raise UserError(f"attack {a.name} needs a package that is not installed: {e}") from None
         except (TypeError, ValueError, OverflowError, AttackError) as e:
             raise UserError(f"bad arguments for attack {a.name}: {e}") from None
     return spec, out
+
+
+def entry_of(label: str):
+    """The registry entry of an attack label: its name, or `name(settings)` for a second one."""
+    return get_attack_entry(label.split("(", 1)[0] if "(" in label and not label.startswith("torchattacks:")
+                            else label)
 
 
 def check_corruptions(spec: RunSpec) -> None:
@@ -291,5 +297,5 @@ def probe(p: Prepared, attacks: Sequence[tuple[str, Any]], device: torch.device,
             check_applicable(attack, k)
         except AttackError as e:
             raise UserError(f"attack {label} on model {p.label}: {e}") from None
-    gradient_attacks = [label for label, _ in attacks if get_attack_entry(label).white_box]
+    gradient_attacks = [label for label, _ in attacks if entry_of(label).white_box]
     return model_checks(p.model.module, x, y, model_name=p.label, attacks=gradient_attacks or None)

@@ -27,10 +27,15 @@ class AttackSpec:
     `AttackSpec.of(obj)` describes an attack object (`attacks.PGD(steps=50)`) the same way."""
     name: str
     params: tuple[tuple[str, Any], ...] = ()
+    label: str | None = None   # how results name it; default the name (two PGDs need two labels)
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.params)
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.name
 
     @classmethod
     def of(cls, attack: Any) -> "AttackSpec":
@@ -80,7 +85,8 @@ class RunSpec:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["attacks"] = [{"name": a.name, "params": dict(a.params)} for a in self.attacks]
+        d["attacks"] = [{"name": a.name, "params": dict(a.params), **({"label": a.label} if a.label else {})}
+                        for a in self.attacks]
         return d
 
     def check(self) -> "RunSpec":

@@ -34,12 +34,15 @@ _TYPES: dict[str, tuple[type, ...]] = {"n_examples": (int,), "seed": (int,), "ba
 
 
 def _eps(value: Any, where: str) -> tuple[float, ...]:
-    from .cli.options import parse_number
+    from leaderboards.threats import parse_number   # the store's parser: one rule for eps everywhere
     items = value if isinstance(value, list) else [value]
     for v in items:
         if isinstance(v, (bool, list, dict)) or v is None:
             raise UserError(f"{where}: eps must be numbers or fractions like 8/255, got {v!r}")
-    return tuple(parse_number(str(v), "eps") for v in items)
+    try:
+        return tuple(parse_number(str(v)) for v in items)
+    except ValueError:
+        raise UserError(f"{where}: bad eps {value!r}: expected numbers or fractions like 8/255") from None
 
 
 def _settings(raw: Any, where: str) -> dict[str, Any]:
