@@ -76,9 +76,15 @@ def test_attack_output_details_is_optional():
 
 def test_registry_names_and_arguments():
     names = attacks.attack_names()
-    for n in ("apgd", "apgd-t", "fab", "square", "autoattack", "autoattack-package", "fgsm", "pgd"):
+    for n in ("apgd", "apgd-t", "fab", "square", "square-package", "autoattack", "autoattack-package", "fgsm", "pgd"):
         assert n in names
-    assert get_attack_entry("square").white_box is False
+    assert get_attack_entry("square").white_box is False and get_attack_entry("square-package").white_box is False
+    # ours seed every example; the package's draw once per batch
+    assert not get_attack_entry("square").batch_dependent and not get_attack_entry("autoattack").batch_dependent
+    assert get_attack_entry("square-package").batch_dependent and get_attack_entry("autoattack-package").batch_dependent
+    from attacks.square import Square
+    assert isinstance(create_attack("square", n_queries=10), Square)
+    assert isinstance(AutoAttack().sub_attack("square"), Square)
     a = create_attack("autoattack", norm="l2", steps=7, loss="ce", restarts=3)   # loss/restarts not taken
     assert isinstance(a, AutoAttack) and a.norm == "l2" and a.steps == 7
     assert create_attack("autoattack", attacks="apgd-ce+apgd-t").lineup() == ("apgd-ce", "apgd-t")
@@ -151,6 +157,86 @@ def test_merge_details_sums_per_sub_attack():
     assert sq["name"] == "square" and sq["forward"] == 30
     assert total["skipped"] == [{"name": "apgd-t", "reason": "r"}] and total["n_classes"] == 10
     assert merge_details(total, None) is total
+
+
+def test_merge_details_concatenates_broken_by_with_the_indices():
+    from attacks.autoattack import merge_details
+    a = {"sub_attacks": [{"name": "apgd-ce", "attacked": 3, "fooled": 1}], "broken_by": ["apgd-ce", None, None]}
+    b = {"sub_attacks": [{"name": "apgd-ce", "attacked": 2, "fooled": 0}, {"name": "square", "attacked": 2,
+                                                                          "fooled": 1}],
+         "broken_by": [None, "square"]}
+    total = merge_details(merge_details(None, a, index=[7, 3, 9]), b, index=[4, 1])
+    assert total["broken_by"] == ["apgd-ce", None, None, None, "square"]
+    assert total["index"] == [7, 3, 9, 4, 1]
+    assert [(r["name"], r["attacked"], r["fooled"]) for r in total["sub_attacks"]] == [("apgd-ce", 5, 1),
+                                                                                       ("square", 2, 1)]
+    # without indices the names still concatenate; a part without names drops them (they would not line up)
+    assert "index" not in merge_details(merge_details(None, a), b)
+    assert "broken_by" not in merge_details(merge_details(None, a), {"sub_attacks": []})
+    with pytest.raises(ValueError):
+        merge_details(None, a, index=[1, 2])
+
+
+def test_autoattack_broken_by_names_the_sub_attack_of_each_row(digits):
+    model, x, y = digits
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    wrong = (pred != y).nonzero().squeeze(1)[:2]
+    right = (pred == y).nonzero().squeeze(1)[:30]
+    rows = torch.cat([right[:15], wrong, right[15:]])
+    xs, ys = x[rows], y[rows]
+    for verify in (True, False):
+        out = AutoAttack(square_queries=200, steps=20)(model, xs, ys, 0.1, seeds=torch.arange(len(ys)), verify=verify)
+        by = out.details["broken_by"]
+        assert len(by) == len(ys)
+        assert [by[15], by[16]] == ["clean", "clean"]
+        # a name exactly where the row is broken (checked here, not by the attack's flags)
+        broken = _pred(model, out.x_adv) != ys
+        assert [b is not None for b in by] == broken.tolist()
+        for sub in out.details["sub_attacks"]:
+            assert sub["fooled"] == sum(b == sub["name"] for b in by)
+        assert {b for b in by} - {None, "clean"} <= {"apgd-ce", "apgd-t", "fab-t", "square"}
+        assert "apgd-ce" in by and None in by
+
+
+class Quantized(torch.nn.Module):
+    """A model built to mask its gradients: the digits CNN behind round(16 x) / 16. The digits take the
+    17 values k/16, which pass unchanged (the clean predictions are the model's own), but the input
+    gradient is exactly zero everywhere, so gradient attacks cannot move while Square can."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 16) / 16)
+
+
+def test_square_beating_the_gradient_attacks_fires_on_merged_details(digits):
+    """docs/CHECKS.md, black_box_beats_white_box inside AutoAttack: on the quantized model the gradient
+    attacks break nothing and Square breaks beyond noise, so the check fires on the details merged over
+    two batches as the engine merges them; on the plain digits CNN the gradient attacks do the work and
+    it stays silent."""
+    from attacks.autoattack import merge_details
+    from attacks.sanity import details_checks
+    model, x, y = _correct(digits, 40)
+    masked = Quantized(model).eval()
+    assert torch.equal(_pred(masked, x), _pred(model, x))
+    for m, fires in ((masked, True), (model, False)):
+        total = None
+        for part in (slice(0, 25), slice(25, 40)):
+            out = AutoAttack(square_queries=300, steps=20)(m, x[part], y[part], 0.1, seeds=torch.arange(40)[part])
+            total = merge_details(total, out.details, index=list(range(40))[part])
+        rows = {r["name"]: r for r in total["sub_attacks"]}
+        assert rows["apgd-ce"]["attacked"] == 40 and len(total["broken_by"]) == 40
+        found = details_checks(total, 40, model="m", attack="autoattack", eps=0.1)
+        if fires:
+            assert sum(rows[k]["fooled"] for k in ("apgd-ce", "apgd-t", "fab-t")) == 0
+            assert rows["square"]["fooled"] == total["broken_by"].count("square") >= 5
+            assert [f.code for f in found] == ["black_box_beats_white_box"]
+        else:
+            assert rows["apgd-ce"]["fooled"] >= 5
+            assert found == []
 
 
 def test_autoattack_counts_clean_errors_and_handles_empty(digits):
