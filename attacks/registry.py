@@ -6,38 +6,18 @@ number per batch), so an example's outcome depends on which examples share its b
 --batch-size. Our own attacks seed every example separately and must keep this False."""
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import inspect
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack
 from .autoattack_package import AutoAttackPackage
+from .entry import AttackEntry
 from .errors import AttackConfigError
 from .fab import FAB
 from .fgsm import FGSM
 from .pgd import PGD
 from .square import Square, SquareFromPackage
-
-
-@dataclass(frozen=True)
-class AttackEntry:
-    name: str
-    builder: Callable[..., Any]
-    norms: tuple[str, ...]
-    description: str
-    white_box: bool = True
-    batch_dependent: bool = False
-
-    def parameters(self) -> dict[str, Any]:
-        """Declared arguments and their defaults."""
-        if dataclasses.is_dataclass(self.builder):
-            return {f.name: f.default for f in dataclasses.fields(self.builder)}
-        sig = inspect.signature(self.builder)
-        return {k: (None if p.default is inspect.Parameter.empty else p.default)
-                for k, p in sig.parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
 _REGISTRY: dict[str, AttackEntry] = {}

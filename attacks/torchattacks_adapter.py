@@ -51,7 +51,7 @@ import torch
 
 from ._core import AttackOutput, PassCounter, canonical_norm, check_eps, clip_to_box, frozen, project
 from .errors import AttackConfigError, AttackUnavailable
-from .registry import AttackEntry
+from .entry import AttackEntry
 
 _LINF = ("FGSM", "BIM", "RFGSM", "PGD", "EOTPGD", "FFGSM", "TPGD", "MIFGSM", "UPGD", "DIFGSM", "TIFGSM",
          "Jitter", "NIFGSM", "PGDRS", "SINIFGSM", "VMIFGSM", "VNIFGSM", "SPSA", "PIFGSM", "PIFGSMPP")
