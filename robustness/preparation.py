@@ -262,6 +262,25 @@ def prepare(spec: RunSpec, attacks: Sequence[tuple[str, Any]], device: torch.dev
     return prepared, int(batch_size) if batch_size != "auto" else 256
 
 
+def _batch_size_that_works(module: nn.Module, x: torch.Tensor) -> int | None:
+    """The largest power of two below the failing batch that the model takes, if any (a model written
+    for one fixed batch size fails on the whole batch, not on its images)."""
+    size = 1
+    while size < x.shape[0]:
+        size *= 2
+    size //= 2
+    while size >= 1:
+        try:
+            with torch.no_grad():
+                out = module(x[:size])
+            if isinstance(out, torch.Tensor) and out.shape[:1] == (size,):
+                return size
+        except Exception:  # noqa: BLE001
+            pass
+        size //= 2
+    return None
+
+
 def probe(p: Prepared, attacks: Sequence[tuple[str, Any]], device: torch.device, channels_last: bool,
           batch_size: int) -> list[Any]:
     """Shape, class-count and NaN checks on the first batch, naming both model and data set; then the
@@ -278,6 +297,11 @@ def probe(p: Prepared, attacks: Sequence[tuple[str, Any]], device: torch.device,
             logits = p.model.module(x)
     except Exception as e:  # noqa: BLE001 - shape errors surface as RuntimeError, AssertionError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        works = _batch_size_that_works(p.model.module, x)
+        if works is not None:
+            raise UserError(f"model {p.label} failed on a batch of {x.shape[0]} examples but runs on {works}: it "
+                            f"takes only some batch sizes; pass --batch-size {works} (a size that divides the number "
+                            f"of examples, so the last batch is not smaller)") from None
         raise UserError(f"model {p.label} cannot take data set {dinfo.name}'s images "
                         f"({dinfo.channels} channels, {tuple(x.shape[2:])} pixels): {first}") from None
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:

@@ -196,7 +196,12 @@ class Evaluator:
                 except (UserError, AttackError) as e:
                     payload = ("error", "refused", str(e))
                 except Exception as e:  # noqa: BLE001 - a model, data file or device failing mid-run
-                    payload = ("error", "failed", _failure(p.label, b, len(batches), batches[b], e))
+                    message = _failure(p.label, b, len(batches), batches[b], e)
+                    if len(batches[b]) != len(batches[0]):
+                        message += (f" (this batch has {len(batches[b])} examples, the others {len(batches[0])}: a "
+                                    f"model that takes only fixed batch sizes needs a --batch-size that divides the "
+                                    f"number of examples)")
+                    payload = ("error", "failed", message)
             stop = None
             for item in w.gather(payload) or ():
                 if item is None:

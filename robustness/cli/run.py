@@ -124,7 +124,7 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
                         std=parse_channels(args.std, "std"), num_classes=args.num_classes,
                         allow_unsafe=args.unsafe_load, threat={"linf": "Linf", "l2": "L2"}[args.norm])
     return RunSpec(models=parse_list(args.model), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                   attacks=attacks, norm=args.norm, eps=parse_eps_list(args.eps) if args.eps else None,
+                   attacks=attacks, norm=args.norm, eps=parse_eps_list(args.eps) if args.eps is not None else None,
                    n_examples=args.n_examples, subset=args.subset, seed=args.seed, batch_size=args.batch_size,
                    device=args.device, precision=args.precision, channels_last=args.channels_last,
                    model_options=opts, tag=args.tag, corruptions=corruptions,

@@ -63,6 +63,15 @@ CASES = [
     ("compare {a} {b} --db {db} --junit {db}", "junit-onto-store"),
     ("compare {a} {b} --db {db} --junit {tmp}/no/such/j.xml", "junit-missing-folder"),
     ("plot --db {db} --kind eps --out {tmp}/no/such/p.png", "plot-missing-folder"),
+    # stores: an empty file is not a store (and gets no schema written into it); run ids are not patterns
+    ("leaderboard --db {f:empty.db}", "leaderboard-empty-file"),
+    ("plot --db {f:empty.db} --kind eps --out {tmp}/p.png", "plot-empty-file"),
+    ("site --db {f:empty.db} --out {tmp}/site", "site-empty-file"),
+    ("compare {a} {b} --db {f:empty.db}", "compare-empty-file"),
+    ("compare {a_wild} {b} --db {db}", "compare-prefix-wildcard-underscore"),
+    ("compare {a_pct} {b} --db {db}", "compare-prefix-wildcard-percent"),
+    ("leaderboard --db {db} --eps=", "leaderboard-eps-empty"),
+    ("run --eps= --db {new}", "run-eps-empty"),
     # labels: integers in [0, classes)
     ("run --model digits-cnn --dataset {f:labels_negative.npz} --attack fgsm --eps 0.1 --db {new}", "label-negative"),
     ("run --model digits-cnn --dataset {f:labels_fraction.npz} --attack fgsm --eps 0.1 --db {new}", "label-fraction"),
@@ -95,7 +104,9 @@ def env(tmp_path):
             content(tmp_path / name)
         else:
             (tmp_path / name).write_text(content)
-    return {"db": db, "a": a, "b": b, "new": tmp_path / "new.db", "tmp": tmp_path}
+    # LIKE patterns that match run a and nothing else: a prefix that is not a prefix of any run id
+    return {"db": db, "a": a, "b": b, "new": tmp_path / "new.db", "tmp": tmp_path,
+            "a_wild": "_" + a[1:6], "a_pct": a[:2] + "%" + a[-2:]}
 
 
 def _argv(template: str, env: dict) -> list[str]:
@@ -135,7 +146,6 @@ def test_library_compare_refuses_a_gate_that_cannot_fail(env):
             compare(base, cand, max_drop=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: engine probe")
 def test_a_model_with_a_fixed_batch_size_is_told_so(env, cli):
     """The probe's one line should say what is wrong (the batch size) and what to pass, not blame the images."""
     res = cli("run", "--model", f"{env['tmp'] / 'fixed_batch.py'}:make", "--dataset", "digits", "--attack", "fgsm",
