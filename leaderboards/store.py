@@ -124,6 +124,10 @@ class StoreError(RuntimeError):
     pass
 
 
+class OlderSchema(StoreError):
+    """A store written by an older robust-bench: reading it needs the upgrade a writable open does."""
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
@@ -169,23 +173,66 @@ def _now() -> str:
 class ResultStore:
     """Open (creating if needed) a results database. Safe to share between processes."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, read_only: bool = False) -> None:
+        """`read_only`: never write (SQLite `mode=ro`), so a store the user cannot write is readable and no
+        byte of it changes; a store of an older schema raises `OlderSchema` (its upgrade would write)."""
         self.path = Path(path)
-        if not create and not self.path.exists():
+        if (read_only or not create) and not self.path.exists():
             raise StoreError(f"no results database at {self.path}")
+        if (read_only or not create) and self.path.is_file() and self.path.stat().st_size == 0:
+            # SQLite would take it for a new database and write a schema into it
+            raise StoreError(f"{self.path} is an empty file, not a results database")
+        self.read_only = read_only
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
+            self._db = self._connect_read_only() if read_only else \
+                sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open results database {self.path}: {e}") from None
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA busy_timeout = 120000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
+            if read_only:
+                self._check_version()
+            else:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StoreError(f"{self.path} is not a usable results database: {e}") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """`mode=ro`; where SQLite cannot create the WAL index beside a read-only file and no WAL file is
+        there (every write checkpointed), `immutable=1`, which is then exact."""
+        from urllib.parse import quote
+        uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=120, isolation_level=None)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise
+            return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=120, isolation_level=None)
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        v = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if row else None
+        if v is None:
+            raise StoreError(f"{self.path} is not a results database (no schema version)")
+        version = int(v[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this robust-bench reads up to "
+                             f"{SCHEMA_VERSION}: upgrade robust-bench")
+        if version < SCHEMA_VERSION:
+            raise OlderSchema(f"{self.path} has schema version {version}, older than this robust-bench's "
+                              f"{SCHEMA_VERSION}, and reading it needs an upgrade it cannot write here: run "
+                              f"robust-bench on a writable copy once")
 
     def close(self) -> None:
         self._db.close()
@@ -246,8 +293,9 @@ class ResultStore:
 
     def get_run(self, run_id: str) -> RunRecord:
         row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if row is None:
-            rows = self._db.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
+        if row is None:   # a prefix, compared as text: `%` and `_` are characters, not patterns
+            rows = self._db.execute("SELECT * FROM runs WHERE substr(run_id, 1, ?) = ?",
+                                    (len(run_id), run_id)).fetchall() if run_id else []
             if len(rows) != 1:
                 raise StoreError(f"no run {run_id!r} in {self.path}" if not rows
                                  else f"run id prefix {run_id!r} is ambiguous in {self.path}")
@@ -264,8 +312,14 @@ class ResultStore:
                          json.loads(row["spec"]), json.loads(row["metadata"]))
 
     def create_run(self, key: str, spec: dict[str, Any], metadata: dict[str, Any], tag: str | None = None) -> str:
+        """A new run, or, when an identical command created one since its `find_run` (two started together),
+        that running one: both then fill the same run, batch by batch (`write_batch` skips stored ones)."""
         run_id = uuid.uuid4().hex[:12]
         with self._tx() as db:
+            row = db.execute("SELECT run_id FROM runs WHERE key=? AND status='running' ORDER BY created DESC, "
+                             "rowid DESC LIMIT 1", (key,)).fetchone()
+            if row is not None:
+                return row[0]
             db.execute("INSERT INTO runs(run_id, key, created, status, tag, spec, metadata) "
                        "VALUES (?, ?, ?, 'running', ?, ?, ?)",
                        (run_id, key, _now(), tag, json.dumps(spec, sort_keys=True),
