@@ -14,10 +14,13 @@ on the single channel directly; the colour ones (brightness, saturate, jpeg_comp
 frost, spatter) see the grey channel repeated to RGB and return the BT.601 luma of their RGB
 result.
 
-Randomness: random corruptions draw from `generator` (on the generator's device, then moved to
-the images' device, so a seeded generator gives the same output on CPU and GPU) or, when it is
-None, from torch's global RNG on the images' device.  The draw for image i depends on the whole
-batch (one draw per call), not on i alone.
+Randomness: with ``seeds`` (one integer per image) every random value of image i comes from
+seed i alone (counter-based, see `_random`): ``corrupt(x, ..., seeds=s)[i]`` equals
+``corrupt(x[i:i+1], ..., seeds=s[i:i+1])[0]``, so results do not depend on the batch size, the
+order or the sharding.  Otherwise random corruptions draw from `generator` (on the generator's
+device, then moved to the images' device, so a seeded generator gives the same output on CPU and
+GPU) or, when it is None, from torch's global RNG on the images' device; then the draw for image
+i depends on the whole batch (one draw per call), not on i alone.
 
 Parameters: `preset` "imagenet-c" (imagecorruptions' tables) or "cifar10-c" (make_cifar_c.py's);
 None picks "cifar10-c" for images whose larger side is at most 64 px, else "imagenet-c".  See
@@ -26,6 +29,7 @@ reference implementations.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -34,6 +38,7 @@ import torch
 
 from . import blur, digital, frost as _frost, jpeg, noise, weather
 from ._ops import RNG, rgb_to_gray
+from ._random import SeededRNG, check_seeds
 from ._tables import CIFAR10_C, CIFAR_MAX_SIDE, IMAGENET_C, PRESETS, Preset
 from .frost import frost_source, set_frost_source
 
@@ -126,11 +131,32 @@ def resolve_preset(preset: Optional[str], height: int, width: int) -> Preset:
     return PRESETS[key]
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: Optional[int]):
+    """torch's intra-op thread count set to `n` for the duration (None: unchanged).
+
+    One thread on CPU: a corruption is a chain of many small element-wise passes, where an
+    OpenMP team costs more than it saves (on a loaded machine, far more: each pass waits for the
+    slowest thread), and where a split of one tensor across threads can round a reduction or an
+    interpolation differently (so the result would depend on the thread count)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def corrupt(x: Tensor, name: str, severity: int, *, generator: Optional[torch.Generator] = None,
-            preset: Optional[str] = None) -> Tensor:
+            seeds=None, preset: Optional[str] = None) -> Tensor:
     """Apply corruption `name` at `severity` (1..5) to a batch of images (NCHW, [0, 1]).
 
-    A single image (CHW) is accepted too and returned as CHW.
+    A single image (CHW) is accepted too and returned as CHW (with one seed, if `seeds`).
+    `seeds`: a 1-D integer tensor (or sequence), one seed per image, for results that do not
+    depend on the batch; exclusive with `generator`.
     """
     name = check_name(name)
     severity = check_severity(severity)
@@ -145,6 +171,9 @@ def corrupt(x: Tensor, name: str, severity: int, *, generator: Optional[torch.Ge
         raise ValueError(f"expected an NCHW batch (or one CHW image), got shape {tuple(x.shape)}")
     if x.shape[1] not in (1, 3):
         raise ValueError(f"expected 1 (grey) or 3 (RGB) channels, got {x.shape[1]}")
+    if seeds is not None and generator is not None:
+        raise ValueError("pass either seeds (one per image) or generator, not both")
+    seed_arr = check_seeds(seeds, x.shape[0]) if seeds is not None else None
     if x.shape[0] == 0:
         return x.squeeze(0) if single else x.clone()
     spec = SPECS[name]
@@ -154,8 +183,10 @@ def corrupt(x: Tensor, name: str, severity: int, *, generator: Optional[torch.Ge
     grey = xw.shape[1] == 1
     if grey and spec.rgb:
         xw = xw.expand(-1, 3, -1, -1)
-    rng = RNG(generator, xw.device, work_dtype)
-    y = spec.fn(xw.contiguous(), table.param(name, severity), rng, table)
+    rng = (SeededRNG(seed_arr, xw.device, work_dtype, salt=name) if seed_arr is not None
+           else RNG(generator, xw.device, work_dtype))
+    with _intra_op_threads(1 if xw.device.type == "cpu" else None):
+        y = spec.fn(xw.contiguous(), table.param(name, severity), rng, table)
     if grey and spec.rgb:
         y = rgb_to_gray(y)
     y = y.clamp(0, 1).to(x.dtype)

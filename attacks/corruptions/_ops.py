@@ -223,6 +223,15 @@ def fft_length(n: int) -> int:
     return best
 
 
+def _complex_mul(a: Tensor, b: Tensor) -> Tensor:
+    """a * b (broadcasting) in real arithmetic: torch's complex multiply rounds differently in its
+    vectorised loop and its scalar tail, which would make a value depend on where in the batch
+    the image sits."""
+    ar, ai = torch.view_as_real(a).unbind(-1)
+    br, bi = torch.view_as_real(b).unbind(-1)
+    return torch.complex(ar * br - ai * bi, ar * bi + ai * br)
+
+
 def _fft_correlate_valid(xp: Tensor, kernels: Tensor) -> Tensor:
     """Valid correlation of padded images ``xp`` (B, C, Hp, Wp) with per-image kernels (B, kh, kw).
 
@@ -234,7 +243,7 @@ def _fft_correlate_valid(xp: Tensor, kernels: Tensor) -> Tensor:
     kf = torch.flip(kernels, dims=(-2, -1)).to(ctype)
     Xf = torch.fft.rfft2(xp.to(ctype), s=(Lh, Lw))
     Kf = torch.fft.rfft2(kf, s=(Lh, Lw)).unsqueeze(1)
-    y = torch.fft.irfft2(Xf * Kf, s=(Lh, Lw))
+    y = torch.fft.irfft2(_complex_mul(Xf, Kf), s=(Lh, Lw))
     return y[..., kh - 1:Hp, kw - 1:Wp].to(xp.dtype)
 
 
@@ -396,14 +405,24 @@ def line_blur(x: Tensor, radius: float, sigma: float, angles_deg: Tensor, border
         w[bad.cumsum(1) > 0] = 0.0
     used = w > 0
     oy, ox = oy * used, ox * used  # dropped taps (weight 0) point at the centre
-    R = max(int(max(oy.abs().max().item(), ox.abs().max().item())), 1)
     if H * W < 4096:
-        # small images: one FFT of every image with its own sparse kernel
-        ker = torch.zeros(B, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
-        bidx = torch.arange(B).view(B, 1).expand(B, width)
-        ker.index_put_((bidx.reshape(-1), (oy + R).reshape(-1), (ox + R).reshape(-1)), w.reshape(-1),
-                       accumulate=True)
-        return per_image_filter2d(x, ker.to(device=x.device, dtype=x.dtype), "nearest")
+        # small images: batched FFTs, each image with its own sparse kernel.  The kernel size (and
+        # so the FFT length and its rounding) follows the image's own reach, rounded up to a
+        # multiple of 4, never the batch's: an image's result does not depend on its batch.
+        reach = torch.maximum(oy.abs().amax(1), ox.abs().amax(1)).clamp_min(1)
+        bucket = (reach + 3) // 4 * 4
+        out = torch.empty_like(x)
+        for R in bucket.unique().tolist():  # a few sizes
+            sel = (bucket == R).nonzero().flatten()
+            n = sel.numel()
+            ker = torch.zeros(n, 2 * R + 1, 2 * R + 1, dtype=torch.float64)
+            bidx = torch.arange(n).view(n, 1).expand(n, width)
+            ker.index_put_((bidx.reshape(-1), (oy[sel] + R).reshape(-1), (ox[sel] + R).reshape(-1)),
+                           w[sel].reshape(-1), accumulate=True)
+            idx = sel.to(x.device)
+            out[idx] = per_image_filter2d(x[idx], ker.to(device=x.device, dtype=x.dtype), "nearest")
+        return out
+    R = max(int(max(oy.abs().max().item(), ox.abs().max().item())), 1)
     # large images: shifted views added in place (a loop over images x taps, <= 2*radius+1 taps)
     xp = pad2d(x, R, R, R, R, "nearest")
     out = torch.zeros_like(x)
