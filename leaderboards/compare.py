@@ -136,7 +136,12 @@ def load_run(ref: str, db: str | Path | None = None) -> RunOutcomes:
         raise RunNotFound(f"{ref!r} is not a JSON file and no --db was given")
     if not Path(db).exists():
         raise RunNotFound(f"{ref!r} is not a JSON file, and there is no results database at {db}")
-    with ResultStore(db, create=False) as store:
+    from .store import OlderSchema
+    try:
+        store = ResultStore(db, create=False, read_only=True)   # comparing never writes
+    except OlderSchema:
+        store = ResultStore(db, create=False)                    # upgraded in place, as before
+    with store:
         try:
             run = store.get_run(ref)
         except StoreError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ def _add_source(p: argparse.ArgumentParser, *, protocol: bool = True) -> None:
 
 
 def _filters(args: argparse.Namespace) -> Filters:
-    lst = lambda v: parse_list(v) if v else None  # noqa: E731
+    lst = lambda v: parse_list(v) if v is not None else None  # noqa: E731   (--model= is an error)
     return Filters(datasets=lst(args.dataset), attacks=lst(args.attack),
-                   eps=parse_eps_list(args.eps) if args.eps else None,
-                   norms=tuple(n.lower() for n in parse_list(args.norm)) if args.norm else None,
+                   eps=parse_eps_list(args.eps) if args.eps is not None else None,
+                   norms=tuple(n.lower() for n in parse_list(args.norm)) if args.norm is not None else None,
                    models=lst(args.model))
 
 
@@ -49,10 +50,18 @@ def _protocol(name: str | None) -> Protocol | None:
 
 
 def _open(db: str) -> ResultStore:
+    """Read-only (publishing never writes the store); a store of an older schema is upgraded in place when
+    the user may write it, as any open did before."""
+    from leaderboards.store import OlderSchema
     if not Path(db).exists():
         raise UserError(f"no results database at {db} (run `robust-bench run --db {db}` first, or pass --db)")
     try:
-        return ResultStore(db, create=False)
+        try:
+            return ResultStore(db, create=False, read_only=True)
+        except OlderSchema:
+            if not (os.access(db, os.W_OK) and os.access(Path(db).resolve().parent, os.W_OK)):
+                raise
+            return ResultStore(db, create=False)
     except StoreError as e:
         raise UserError(str(e)) from None
 
@@ -228,9 +237,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=fmt, description=(
                            "eps: accuracy against eps per model with 95% interval bands (eps 0 = clean). "
                            "severity: accuracy against severity per corruption (results of attacks named "
-                           "corruption:NAME, eps = severity). corruptions: a corruption-by-severity heatmap."),
+                           "corruption:NAME, eps = severity). corruptions: a corruption-by-severity heatmap. radius: "
+                           "certified accuracy against L2 radius from the per-example certificates."),
                        epilog="example:\n  robust-bench plot --kind eps --out eps.png --dataset digits")
-    p.add_argument("--kind", required=True, choices=("eps", "severity", "corruptions"))
+    p.add_argument("--kind", required=True, choices=("eps", "severity", "corruptions", "radius"),
+                   help="radius: certified accuracy against L2 radius (results of robust-bench certify)")
     p.add_argument("--out", required=True, help="image file, .png or .svg")
     p.add_argument("--size", help="image size in pixels, WIDTHxHEIGHT (default: fits the panels)")
     p.add_argument("--max-models", type=positive_int, default=10,
@@ -310,9 +321,9 @@ def _given(value: Any) -> bool:
     return value is not None and not isinstance(value, (_DefaultStr, _DefaultInt))
 
 
-def apply_protocol(args: argparse.Namespace) -> tuple[Any, ...]:
-    """Fill `args` from `args.protocol`; returns the protocol's attacks as AttackSpecs."""
-    from ..engine import AttackSpec
+def check_protocol_flags(args: argparse.Namespace) -> None:
+    """A protocol fixes the data set, examples, norm, eps and attacks: a value the user typed for any of
+    them is a conflict (a typed value equal to the default too)."""
     protocol = _protocol(args.protocol)
     assert protocol is not None
     flags = dict(_PROTOCOL_FLAGS)
@@ -322,12 +333,3 @@ def apply_protocol(args: argparse.Namespace) -> tuple[Any, ...]:
     if clash:
         raise UserError(f"--protocol {protocol.name} sets the data set, examples, norm, eps and attacks; "
                         f"drop {', '.join(clash)} (or run without --protocol)")
-    args.dataset, args.split, args.subset = protocol.dataset, protocol.split, protocol.subset
-    args.n_examples = protocol.n_examples
-    if protocol.subset == "random":
-        args.seed = protocol.seed
-    if protocol.norm:
-        args.norm = protocol.norm
-    args.eps = ",".join(repr(e) for e in protocol.eps)
-    args.attack = ",".join(a.name for a in protocol.attacks)
-    return tuple(AttackSpec(a.name, tuple(sorted(a.params))) for a in protocol.attacks)
