@@ -323,6 +323,37 @@ def test_frost_without_the_photographs(monkeypatch):
     set_frost_source(None)
 
 
+def test_frost_provenance_names_the_layer_used():
+    """`provenance("frost")` (what the engine stores with each frost result) says which layer made
+    the numbers; the photographs are identified by a digest of the files imagecorruptions ships."""
+    import hashlib
+    from attacks.corruptions import provenance
+    assert provenance("fog") == {} and provenance("Gaussian-Noise") == {}
+    x = torch.rand(2, 3, 32, 32)
+    set_frost_source("procedural")
+    try:
+        p = provenance("frost")
+        assert p["frost_source"] == "procedural" == frost_source() and p["frost_procedural_version"]
+        procedural = corrupt(x, "frost", 3, seeds=[1, 2])
+    finally:
+        set_frost_source(None)
+    folder = frost_mod.asset_dir()
+    if folder is None:
+        pytest.skip("frost photographs (imagecorruptions) not installed")
+    import imagecorruptions
+    ref_dir = Path(imagecorruptions.__file__).parent / "frost"
+    h = hashlib.sha256()
+    for f in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"):
+        h.update(f.encode() + b"\0" + (ref_dir / f).read_bytes())
+    set_frost_source("assets")
+    try:
+        assert provenance("frost") == {"frost_source": "assets", "frost_assets_sha256": h.hexdigest()[:16]}
+        assets = corrupt(x, "frost", 3, seeds=[1, 2])
+    finally:
+        set_frost_source(None)
+    assert not torch.equal(procedural, assets)  # why the layer must be recorded
+
+
 # =============================================================================================
 # fidelity: deterministic corruptions
 # =============================================================================================

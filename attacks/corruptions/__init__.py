@@ -40,7 +40,7 @@ from . import blur, digital, frost as _frost, jpeg, noise, weather
 from ._ops import RNG, rgb_to_gray
 from ._random import SeededRNG, check_seeds
 from ._tables import CIFAR10_C, CIFAR_MAX_SIDE, IMAGENET_C, PRESETS, Preset
-from .frost import frost_source, set_frost_source
+from .frost import frost_provenance, frost_source, set_frost_source
 
 Tensor = torch.Tensor
 
@@ -131,6 +131,13 @@ def resolve_preset(preset: Optional[str], height: int, width: int) -> Preset:
     return PRESETS[key]
 
 
+def provenance(name: str) -> dict:
+    """Facts about the environment that change corruption `name`'s numbers, to record with every
+    result of it: for frost, which frost layer was used (`frost.frost_provenance`); empty for
+    the others, which depend on nothing but their code and the parameter table."""
+    return frost_provenance() if check_name(name) == "frost" else {}
+
+
 @contextlib.contextmanager
 def _intra_op_threads(n: Optional[int]):
     """torch's intra-op thread count set to `n` for the duration (None: unchanged).
@@ -194,5 +201,5 @@ def corrupt(x: Tensor, name: str, severity: int, *, generator: Optional[torch.Ge
 
 
 __all__ = ["CORRUPTIONS", "STANDARD", "EXTRA", "SEVERITIES", "PRESETS", "DETERMINISTIC", "SPECS", "CorruptionSpec",
-           "Preset", "corrupt", "check_name", "check_severity", "resolve_preset", "frost_source",
-           "set_frost_source"]
+           "Preset", "corrupt", "check_name", "check_severity", "resolve_preset", "provenance", "frost_source",
+           "frost_provenance", "set_frost_source"]

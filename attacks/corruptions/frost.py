@@ -26,6 +26,7 @@ effect -- record it next to any frost number, since the two are not interchangea
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -114,6 +115,28 @@ def frost_source() -> str:
         raise RuntimeError("frost source 'assets' requested but the frost photographs were not found: install "
                            "imagecorruptions or set ROBUST_BENCH_FROST_DIR (and have PIL)")
     return s
+
+
+PROCEDURAL_VERSION = "1"  # bump when the procedural layer's algorithm or palettes change
+
+
+@lru_cache(maxsize=4)
+def _assets_digest(folder: str) -> str:
+    h = hashlib.sha256()
+    for f in ASSET_FILES:
+        h.update(f.encode() + b"\0" + (Path(folder) / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def frost_provenance() -> dict:
+    """What a frost result was made with, to store next to it: ``{"frost_source": "assets",
+    "frost_assets_sha256": <first 16 hex digits over the five photographs>}`` or
+    ``{"frost_source": "procedural", "frost_procedural_version": ...}``.  The two layers give
+    different numbers (docs/CORRUPTIONS.md), so a frost number without this is not comparable."""
+    source = frost_source()
+    if source == "assets":
+        return {"frost_source": "assets", "frost_assets_sha256": _assets_digest(str(asset_dir()))}
+    return {"frost_source": "procedural", "frost_procedural_version": PROCEDURAL_VERSION}
 
 
 # --------------------------------------------------------------------------------------------
