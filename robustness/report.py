@@ -32,12 +32,10 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
     eps_all = sorted({r.eps for r in results})
     norm = results[0].norm
 
+    from leaderboards.threats import format_eps
+
     def eps_label(e: float) -> str:
-        k = e * 255
-        short = f"{e:g}"
-        if norm == "linf" and abs(k - round(k)) < 1e-6 and 1 <= k < 255 and len(short) > 5:
-            return f"{round(k)}/255"
-        return short
+        return format_eps(e, norm)
 
     header = ["model", "data", "n", "clean %", "attack"] + [f"eps={eps_label(e)}" for e in eps_all] + \
         ["passes/ex fwd+bwd"]
@@ -175,3 +173,39 @@ def format_report(results: Sequence["ThreatResult"], warnings: Sequence[Mapping[
         parts.append(format_corruptions(corruption_rows, summaries or {}))
     parts.extend(format_warnings(warnings))
     return "\n".join(parts)
+
+
+def union_over_norms(series: Mapping[str, Sequence[tuple[float, Any, Any]]]) -> list[tuple[tuple[tuple[str, float], ...],
+                                                                                             int, int]]:
+    """Robust accuracy against the union of several threat models (Maini, Wong & Kolter 2020: an example
+    counts only if it survived every norm's attacks). `series`: norm -> [(eps, index, correct)] in eps
+    order, the same examples for every norm; the i-th eps of each norm are paired. Returns, per pair,
+    ((norm, eps), ...), robust count, n. Empty when the norms have different numbers of eps."""
+    import numpy as np
+    lists = list(series.values())
+    if not lists or len({len(v) for v in lists}) != 1:
+        return []
+    out = []
+    for i in range(len(lists[0])):
+        idx0 = np.asarray(lists[0][i][1])
+        ok = np.ones(len(idx0), dtype=bool)
+        for v in lists:
+            idx, correct = np.asarray(v[i][1]), np.asarray(v[i][2], dtype=bool)
+            if not np.array_equal(idx, idx0):
+                return []
+            ok &= correct
+        out.append((tuple((norm, float(v[i][0])) for norm, v in series.items()), int(ok.sum()), int(len(idx0))))
+    return out
+
+
+def format_union(rows: Mapping[str, list[tuple[tuple[tuple[str, float], ...], int, int]]]) -> str:
+    """Per model, the union-of-norms rows with 95% Wilson intervals."""
+    from leaderboards import wilson_interval
+    from leaderboards.threats import format_eps
+    lines = ["", "robust accuracy % against the union of the norms (survived every norm's attacks):"]
+    for model, items in rows.items():
+        for pairs, k, n in items:
+            lo, hi = wilson_interval(k, n)
+            what = " + ".join(f"{norm} {format_eps(e, norm)}" for norm, e in pairs)
+            lines.append(f"  {model}  {what}: {_pct(k / n if n else 0).strip()} [{_pct(lo).strip()}-{_pct(hi).strip()}]")
+    return "\n".join(lines) if any(rows.values()) else ""

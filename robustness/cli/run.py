@@ -43,8 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument_group("threat model")
     a.add_argument("--attack", default="fgsm,pgd", help="comma-separated attacks, each evaluated on its own "
                                                          "(default: %(default)s; see `robust-bench list attacks`)")
-    a.add_argument("--norm", default="linf", choices=("linf", "l2"), help="perturbation norm (default: linf)")
-    a.add_argument("--eps", help="comma-separated budgets, fractions accepted: 1/255,2/255,8/255 "
+    a.add_argument("--norm", default="linf", help="perturbation norm: linf (default) or l2; several, e.g. linf,l2, "
+                                                  "evaluate each (its own rows and stored run) and the union")
+    a.add_argument("--eps", action="append", help="comma-separated budgets, fractions accepted: 1/255,2/255,8/255; "
+                                 "with several norms one per norm: --eps linf=8/255 --eps l2=0.5 "
                                  "(default: a few standard values for the data set)")
     a.add_argument("--steps", type=positive_int, help="iterations of iterative attacks (PGD default: 10)")
     a.add_argument("--step-size", help="absolute step size, fractions accepted (PGD default: 2.5*eps/steps)")
@@ -97,14 +99,24 @@ def batch_size(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
-def spec_from_args(args: argparse.Namespace) -> "RunSpec":
+def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
+    """The RunSpecs these arguments ask for: one, or one per norm for `--norm linf,l2` (each its own
+    stored run, with its own eps: `--eps linf=1/255,8/255 --eps l2=0.25,0.5`, or each data set's defaults)."""
+    import dataclasses
     from ..specs import AttackSpec, RunSpec
     from ..models import ModelOptions
     from .options import parse_number
-    protocol_attacks = None
-    if getattr(args, "protocol", None):  # fills args from the protocol; user-given conflicting flags: UserError
-        from .publish import apply_protocol
-        protocol_attacks = apply_protocol(args)
+    norms = parse_norms(args.norm)
+    opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
+                        std=parse_channels(args.std, "std"), num_classes=args.num_classes,
+                        allow_unsafe=args.unsafe_load, threat=_zoo_threat(norms[0]))
+    shared = dict(models=parse_list(args.model), data_dir=args.data_dir, batch_size=args.batch_size,
+                  device=args.device, precision=args.precision, channels_last=args.channels_last,
+                  model_options=opts, tag=args.tag)
+    if getattr(args, "protocol", None):   # the protocol fixes data, examples, norm, eps and attacks
+        from .publish import check_protocol_flags
+        check_protocol_flags(args)
+        return [RunSpec.from_protocol(args.protocol, seed=args.seed, **shared)]
     common = {"steps": args.steps, "restarts": args.restarts, "random_start": args.random_start, "loss": args.loss,
               "step_size": parse_number(args.step_size, "step size") if args.step_size else None}
     common.update(parse_kv(args.attack_args))
@@ -119,17 +131,67 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":
             if getattr(args, flag, None) is not None:
                 raise UserError(f"--{flag.replace('_', '-')} applies only to common corruptions: add "
                                 f"--attack corruptions (or drop it)")
-    attacks = protocol_attacks or tuple(AttackSpec(name, params) for name in names)
-    opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
-                        std=parse_channels(args.std, "std"), num_classes=args.num_classes,
-                        allow_unsafe=args.unsafe_load, threat={"linf": "Linf", "l2": "L2"}[args.norm])
-    return RunSpec(models=parse_list(args.model), dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                   attacks=attacks, norm=args.norm, eps=parse_eps_list(args.eps) if args.eps is not None else None,
-                   n_examples=args.n_examples, subset=args.subset, seed=args.seed, batch_size=args.batch_size,
-                   device=args.device, precision=args.precision, channels_last=args.channels_last,
-                   model_options=opts, tag=args.tag, corruptions=corruptions,
-                   severities=parse_severities(args.severity or "1-5"), corruption_preset=args.corruption_preset,
-                   clean_dataset=args.clean_dataset, clean_data_dir=args.clean_data_dir)
+    eps = parse_eps_by_norm(args.eps, norms)
+    base = RunSpec(dataset=args.dataset, split=args.split, attacks=tuple(AttackSpec(name, params) for name in names),
+                   norm=norms[0], eps=eps[norms[0]], n_examples=args.n_examples, subset=args.subset, seed=args.seed,
+                   corruptions=corruptions, severities=parse_severities(args.severity or "1-5"),
+                   corruption_preset=args.corruption_preset, clean_dataset=args.clean_dataset,
+                   clean_data_dir=args.clean_data_dir, **shared)
+    return [dataclasses.replace(base, norm=n, eps=eps[n]) for n in norms]
+
+
+def spec_from_args(args: argparse.Namespace) -> "RunSpec":
+    """The one RunSpec of these arguments (refused when they ask for several norms)."""
+    specs = specs_from_args(args)
+    if len(specs) != 1:
+        raise UserError("these arguments make one run per norm; use specs_from_args")
+    return specs[0]
+
+
+def _zoo_threat(norm: str) -> str:
+    """RobustBench's name of a threat model (which zoo board a `robustbench:` model comes from)."""
+    return {"linf": "Linf", "l2": "L2"}.get(norm, norm)
+
+
+def parse_norms(text: str) -> tuple[str, ...]:
+    from attacks import NORMS, canonical_norm
+    try:
+        norms = tuple(dict.fromkeys(canonical_norm(n) for n in parse_list(text)))
+    except ValueError as e:
+        raise UserError(f"bad --norm {text!r}: {e}") from None
+    bad = [n for n in norms if n not in NORMS]
+    if bad:
+        raise UserError(f"bad --norm {text!r}: expected one or more of {', '.join(NORMS)}")
+    return norms
+
+
+def parse_eps_by_norm(values: list[str] | str | None, norms: tuple[str, ...]) -> dict[str, tuple[float, ...] | None]:
+    """`--eps 1/255,8/255` (one norm), or `--eps linf=1/255,8/255 --eps l2=0.5` (a list per norm); a norm
+    without a list takes its data set's defaults."""
+    from attacks import canonical_norm
+    if values is None:
+        return {n: None for n in norms}
+    items = [values] if isinstance(values, str) else list(values)
+    out: dict[str, tuple[float, ...] | None] = {n: None for n in norms}
+    plain = [v for v in items if "=" not in v]
+    if plain:
+        if len(norms) > 1 or len(items) > 1:
+            raise UserError("with several norms (or several --eps), give each list with its norm: "
+                            "--eps linf=1/255,8/255 --eps l2=0.25,0.5")
+        out[norms[0]] = parse_eps_list(plain[0])
+        return out
+    for v in items:
+        key, _, text = v.partition("=")
+        try:
+            norm = canonical_norm(key)
+        except ValueError:
+            raise UserError(f"bad --eps {v!r}: {key!r} is not a norm") from None
+        if norm not in out:
+            raise UserError(f"--eps {v!r} names {norm}, which is not in --norm {','.join(norms)}")
+        if out[norm] is not None:
+            raise UserError(f"--eps gives {norm} twice")
+        out[norm] = parse_eps_list(text)
+    return out
 
 
 def parse_corruptions(text: str) -> tuple[str, ...]:
@@ -168,17 +230,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.config:
             from ..suite import load_suite
-            specs = load_suite(args.config, base=spec_from_args(args))
+            base = specs_from_args(args)
+            if len(base) > 1:
+                raise UserError("--config runs a suite: give the norms in the suite file, not --norm a,b")
+            specs = load_suite(args.config, base=base[0])
         else:
-            specs = [spec_from_args(args)]
+            specs = specs_from_args(args)
         if args.json:
             if len(specs) > 1:
-                raise UserError("--json exports one run; a suite stores several (export them with "
-                                "robust-bench leaderboard --format json)")
+                raise UserError("--json exports one run; a suite or several norms store several (export them "
+                                "with robust-bench leaderboard --format json)")
             _check_writable(args.json)
         quiet = args.quiet or not world.main
         log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
         store = None
+        done: list = []
         try:
             for i, spec in enumerate(specs):
                 if len(specs) > 1 and not quiet:
@@ -193,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
                     except StoreError as e:
                         raise UserError(str(e)) from None
                 outcome = evaluator.run(store, prepared)
+                done.append((spec, outcome))
                 if world.main:
                     summaries = corruption_summaries([r for r in outcome.results if r.norm == "corruption"],
                                                      args.baseline, store)
@@ -203,12 +270,36 @@ def run(args: argparse.Namespace) -> int:
                         export_json(outcome, store, args.json,
                                     extra={"corruption_summary": {m: v.to_json() for m, v in summaries.items()}}
                                     if summaries else None)
+            if world.main and len({s.norm for s, _ in done}) > 1 and not args.config:
+                text = _union_text(done, store)
+                if text:
+                    print(text)
         finally:
             if store is not None:
                 store.close()
     finally:
         shutdown(world)
     return 0
+
+
+def _union_text(done: list, store) -> str:
+    """The union-of-norms rows of a multi-norm run, from the stored per-example outcomes."""
+    from ..report import format_union, union_over_norms
+    from ..specs import WORST_CASE
+    rows: dict[str, list] = {}
+    models = dict.fromkeys(r.model for _, o in done for r in o.results if r.norm != "corruption")
+    for model in models:
+        series = {}
+        for spec, o in done:
+            mine = [r for r in o.results if r.model == model and r.norm == spec.norm]
+            attacks = {r.attack for r in mine}
+            overall = WORST_CASE if WORST_CASE in attacks else (next(iter(attacks)) if len(attacks) == 1 else None)
+            if overall is None:
+                continue
+            series[spec.norm] = [(r.eps, *store.threat_outcomes(o.run_id, model, overall, r.eps)[::2])
+                                 for r in sorted((r for r in mine if r.attack == overall), key=lambda r: r.eps)]
+        rows[model] = union_over_norms(series) if len(series) > 1 else []
+    return format_union(rows)
 
 
 def _check_writable(path: str) -> None:
