@@ -147,6 +147,7 @@ def test_hostile_checkpoints_run_nothing(variant, how, cli, tmp_path):
     _one_line_refusal(res)
 
 
+@pytest.mark.slow   # two subprocesses: ~20 s on the shared machine
 def test_checkpoints_hold_with_torch_forced_to_full_unpickling(tmp_path):
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 flips torch.load's default: every load must say weights_only=True."""
     marker = tmp_path / "MARKER"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -91,15 +90,15 @@ def test_site_creates_no_parent_folders(db, tmp_path, cli):
 
 
 def test_site_in_an_unwritable_place_is_one_line(db, tmp_path, cli):
+    from tests.security.test_store import _make_unwritable
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
+    restore = _make_unwritable([ro])
     try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as a user who can write anywhere (root)")
         _one_line(cli("site", "--db", db, "--out", ro / "site"))
     finally:
-        ro.chmod(0o700)
+        restore()
+    assert not (ro / "site").exists()
 
 
 def test_site_write_failure_is_one_line(db, tmp_path, cli, monkeypatch):
