@@ -59,7 +59,12 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     """The ascent loop FGSM and PGD share. `start` is the initial perturbation (zeros if None);
     `schedule` varies the step size over the steps, starting at `step_size`.
     verify=False skips the forward pass that checks the last iterate (a caller that re-checks every
-    output anyway, like the engine, saves it): `fooled` then counts only what the loop saw."""
+    output anyway, like the engine, saves it): `fooled` then counts only what the loop saw.
+
+    Bookkeeping costs one device-to-host sync per step (how many examples were fooled): fooled rows
+    are stored and dropped from the batch only in steps where some were, by index (no boolean-mask
+    indexing, each of which is a sync of its own); the rows kept are in their original order, so every
+    step computes on exactly the examples, in the order, that a mask-indexed loop would."""
     loss_fn = get_loss(loss)
     goal = target if targeted else y
     if targeted and target is None:
@@ -80,26 +85,28 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     for t in range(steps):
         xa = (x0 + delta).detach().requires_grad_(True)
         logits = model(xa)
-        fwd += xa.shape[0]
+        m = xa.shape[0]
+        fwd += m
         done = hit(logits.detach(), g0)
-        if done.any():
-            x_adv[active[done]] = xa.detach()[done]
-            fooled[active[done]] = True
-        if early_stop:
-            keep = ~done
-            if not keep.any():
+        k = int(done.sum())                      # the step's one sync
+        keep = None
+        if k:
+            # stable: the rows not fooled first, in their order, then the fooled ones
+            order = torch.argsort(done.to(torch.int8), stable=True)
+            gone, keep = order[m - k:], order[:m - k]
+            x_adv.index_copy_(0, active[gone], xa.detach()[gone])
+            fooled[active[gone]] = True
+            if early_stop and k == m:
                 active = active[:0]
                 break
-        else:
-            keep = torch.ones_like(done)
         value = loss_fn(logits, g0)
         if targeted:
             value = -value
         grad, = torch.autograd.grad(value.sum(), xa)
-        bwd += xa.shape[0]
+        bwd += m
         delta = delta + sizes[t] * ascent_direction(grad, norm)
         delta = clip_to_box(x0, project(delta, eps, norm)).detach()
-        if early_stop:
+        if early_stop and keep is not None:
             active, x0, g0, delta = active[keep], x0[keep], g0[keep], delta[keep]
     if active.numel() and not verify:
         x_adv[active] = torch.where((~fooled[active]).view(-1, *([1] * (x.dim() - 1))), x0 + delta, x_adv[active])
@@ -114,7 +121,6 @@ def iterate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         x_adv[active] = torch.where(take, xa, x_adv[active])
         fooled[active[done]] = True
     return AttackOutput(x_adv=x_adv.detach(), fooled=fooled, forward=fwd, backward=bwd)
-
 
 @dataclass(frozen=True)
 class PGD:

@@ -65,8 +65,12 @@ class Autocast(nn.Module):
         return out.float()
 
 
-def prepare_module(module: nn.Module, device: torch.device, precision: str, channels_last: bool) -> nn.Module:
+def prepare_module(module: nn.Module, device: torch.device, precision: str, channels_last: bool,
+                   fold_bn: bool = False) -> nn.Module:
     module = module.to(device).eval()
+    if fold_bn:   # batch norm multiplied into the convolutions (robustness/fold.py); a no-op where it cannot be
+        from .fold import fold_batchnorm
+        module = fold_batchnorm(module).module
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if precision in ("bf16", "fp16"):
