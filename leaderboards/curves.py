@@ -5,6 +5,9 @@
   severity     accuracy against corruption severity, one panel per model, a line per corruption plus
                the mean over corruptions; severity 0 is the clean accuracy.
   corruptions  a corruption-by-severity heatmap of accuracy, one panel per model.
+  radius       certified accuracy against L2 radius (randomized smoothing, `robust-bench certify`), one
+               panel per data set, a step curve per smoothed model from its per-example certified radii,
+               with the stored radii marked and their 95% Wilson intervals.
 
 Corruption results follow the store's convention: attacks named `corruption:NAME`, eps = severity.
 The results plotted are those a leaderboard would show (newest complete run per model and threat).
@@ -23,7 +26,8 @@ from .stats import wilson_interval
 from .store import ResultStore
 from .threats import corruption_name, format_eps
 
-KINDS = ("eps", "severity", "corruptions")
+KINDS = ("eps", "severity", "corruptions", "radius")
+CERTIFIED = "smoothing-certified"   # robustness/certify.py names its rows so
 DPI = 100
 MAX_MODELS = 10
 
@@ -262,10 +266,84 @@ def plot_corruption_heatmap(sel: Selection, ranked: list[tuple[str, str]], out: 
     return PlotResult(out, "corruptions", len(shown), tuple(m for m, _ in shown), note)
 
 
+def radius_curves(store: ResultStore, filters: Filters = Filters(), sel: Selection | None = None,
+                  ) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """Per (smoothed model, data set) of the leaderboard's choice (newest complete run): the radii where
+    certified accuracy changes (0 and each certified radius) and the fraction certified correctly with a
+    radius >= each, from the stored per-example certificates."""
+    sel = sel if sel is not None else select(store, filters)
+    runs: dict[tuple[str, str], str] = {}
+    for (model, dataset, threat), r in sel.chosen.items():
+        if threat.attack == CERTIFIED:
+            old = runs.get((model, dataset))
+            if old is None or sel.order[r.run_id] > sel.order[old]:
+                runs[(model, dataset)] = r.run_id
+    out = {}
+    for (model, dataset), run_id in runs.items():
+        certs = store.certificates(run_id, model)
+        if not certs:
+            continue
+        radii = sorted(c.radius for c in certs if c.prediction == c.label and c.radius is not None)
+        xs = sorted({0.0, *radii})
+        n = len(certs)
+        ys = [sum(1 for r in radii if r >= x) / n for x in xs]
+        out[(model, dataset)] = (xs, ys)
+    return out
+
+
+def plot_radius(store: ResultStore, sel: Selection, ranked: list[tuple[str, str]], out: Path, *,
+                size: tuple[int, int] | None = None, max_models: int = MAX_MODELS) -> PlotResult:
+    curves = radius_curves(store, sel=sel)
+    if not curves:
+        raise NothingToPlot("no certified results to plot (robust-bench certify stores them)")
+    order = {m: i for i, m in enumerate(ranked)}
+    shown = sorted(curves, key=lambda m: (order.get(m, len(order)), m))
+    note = ""
+    if len(shown) > max_models:
+        note = f"the {max_models} best of {len(shown)} models by worst case"
+        shown = shown[:max_models]
+    datasets = sorted({d for _, d in shown})
+    plt = _pyplot()
+    fig, axes = _figure(plt, len(datasets), size, (5.2, 3.8), extra_w=3.0)
+    colors = _colors(plt, [f"{m}\0{d}" for m, d in shown])
+    handles: dict[str, Any] = {}
+    for ax, dataset in zip(axes, datasets):
+        top = 0.0
+        for model, ds in shown:
+            if ds != dataset:
+                continue
+            xs, ys = curves[(model, ds)]
+            c = colors[f"{model}\0{ds}"]
+            # accuracy at r counts radii >= r: on (x_i-1, x_i] the curve is ys[i], 0 after the largest radius
+            (line,) = ax.step(xs + [xs[-1] * 1.05 + 1e-3], [100 * y for y in ys] + [0.0], where="pre", lw=1.8,
+                              color=c)
+            marks = sorted((r for (m, d, t), r in sel.chosen.items() if m == model and d == ds
+                            and t.attack == CERTIFIED), key=lambda r: r.eps)
+            if marks:
+                ax.errorbar([r.eps for r in marks], [100 * r.accuracy for r in marks],
+                            yerr=[[max(0.0, 100 * (r.accuracy - r.ci95[0])) for r in marks],
+                                  [max(0.0, 100 * (r.ci95[1] - r.accuracy)) for r in marks]],
+                            fmt="o", ms=4, color=c, capsize=3, lw=1)
+            handles.setdefault(model, line)
+            top = max(top, xs[-1] * 1.05 + 1e-3, *(r.eps for r in marks))
+        ax.set_xlim(0, top or 1.0)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"certified accuracy (L2), {dataset}", fontsize=11)
+        ax.set_xlabel("L2 radius")
+        ax.set_ylabel("certified accuracy (%)")
+    fig.suptitle("Certified accuracy against radius, randomized smoothing (points: stored radii, 95% Wilson)"
+                 + (f"\n{note}" if note else ""), fontsize=12)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", title="smoothed model",
+               fontsize=9, title_fontsize=9)
+    _save(fig, plt, out)
+    return PlotResult(out, "radius", len(datasets), tuple(m for m, _ in shown), note)
+
+
 def plot(store: ResultStore, kind: str, out: str | Path, *, filters: Filters = Filters(),
          protocol: Protocol | None = None, size: tuple[int, int] | None = None,
          max_models: int = MAX_MODELS) -> PlotResult:
-    """Draw `kind` (eps, severity, corruptions) from the store into `out` (.png or .svg)."""
+    """Draw `kind` (eps, severity, corruptions, radius) from the store into `out` (.png or .svg)."""
     if kind not in KINDS:
         raise ValueError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
     out = Path(out)
@@ -275,5 +353,7 @@ def plot(store: ResultStore, kind: str, out: str | Path, *, filters: Filters = F
         raise FileNotFoundError(f"folder {out.parent} does not exist")
     sel = select(store, filters, protocol)
     ranked = _ranked_models(sel, protocol)
+    if kind == "radius":
+        return plot_radius(store, sel, ranked, out, size=size, max_models=max_models)
     fn = {"eps": plot_eps, "severity": plot_severity, "corruptions": plot_corruption_heatmap}[kind]
     return fn(sel, ranked, out, size=size, max_models=max_models)

@@ -18,6 +18,13 @@ upgraded in place on open, which adds what is missing and changes nothing stored
   batches   per (run, model, batch): the completion marker, written in the same transaction.
   results   aggregates per (run, model, attack, eps), derived from outcomes when a run finishes.
   warnings  findings of the sanity checks (why a number may not be trusted), per run.
+  certificates          per (run, model, example): randomized smoothing's CERTIFY (robust-bench certify):
+                        label, predicted class (NULL: abstained), certified L2 radius, pA's lower bound
+                        and the votes behind it.
+  smoothed_predictions  per (run, model, example, radius): PREDICT of the smoothed classifier on the
+                        example (radius 0) or on its attacked copy within that L2 radius (NULL: abstained).
+  These two are created by the first certification written (`_LAZY_TABLES`), so a version-3 store
+  without them needs no upgrade and stays readable by older robust-bench.
 """
 from __future__ import annotations
 
@@ -119,6 +126,34 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+# tables created on first use (see the module docstring): adding them changes no stored row or column
+_LAZY_TABLES = {
+    "certificates": """CREATE TABLE IF NOT EXISTS certificates (
+    run_id     TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    label      INTEGER NOT NULL,
+    prediction INTEGER,
+    radius     REAL,
+    p_lower    REAL NOT NULL,
+    count      INTEGER NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, idx)
+)""",
+    "smoothed_predictions": """CREATE TABLE IF NOT EXISTS smoothed_predictions (
+    run_id       TEXT NOT NULL,
+    model        TEXT NOT NULL,
+    idx          INTEGER NOT NULL,
+    radius       REAL NOT NULL,
+    label        INTEGER NOT NULL,
+    prediction   INTEGER,
+    count_top    INTEGER NOT NULL,
+    count_second INTEGER NOT NULL,
+    p_value      REAL NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (run_id, model, idx, radius)
+)"""}
+
 
 class StoreError(RuntimeError):
     pass
@@ -159,6 +194,32 @@ class Cost:
     details: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Certified:
+    """One example's randomized-smoothing certificate: `prediction` None = abstained (`radius` None)."""
+    idx: int
+    label: int
+    prediction: int | None
+    radius: float | None
+    p_lower: float
+    count: int
+    n: int
+
+
+@dataclass(frozen=True)
+class SmoothedPrediction:
+    """PREDICT of a smoothed classifier on an example (`radius` 0) or on its attacked copy within an L2
+    `radius`; `prediction` None = abstained."""
+    idx: int
+    label: int
+    radius: float
+    prediction: int | None
+    count_top: int
+    count_second: int
+    p_value: float
+    n: int
+
+
 def series_key(attack: str, eps: float) -> str:
     """Outcome series of a non-nested threat at one strength, e.g. `corruption:fog@3`."""
     return f"{attack}@{eps:g}"
@@ -168,6 +229,10 @@ def _now() -> str:
     """UTC with microseconds: sorts as text, across time zones and within a second."""
     from datetime import datetime, timezone
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _opt_int(v: int | None) -> int | None:
+    return None if v is None else int(v)
 
 
 class ResultStore:
@@ -328,8 +393,13 @@ class ResultStore:
 
     def delete_run(self, run_id: str) -> None:
         with self._tx() as db:
-            for table in ("warnings", "results", "costs", "outcomes", "batches", "models", "runs"):
+            lazy = tuple(t for t in _LAZY_TABLES if self._has_table(t))
+            for table in lazy + ("warnings", "results", "costs", "outcomes", "batches", "models", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+
+    def _has_table(self, name: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                (name,)).fetchone() is not None
 
     def register_model(self, run_id: str, model: str, dataset: str, info: dict[str, Any],
                        indices: Sequence[int]) -> None:
@@ -361,13 +431,29 @@ class ResultStore:
                                                (run_id, model))}
 
     def write_batch(self, run_id: str, model: str, batch: int, outcomes: Iterable[Outcome],
-                    costs: Iterable[Cost]) -> bool:
-        """Commit one batch atomically. Returns False (writing nothing) if it was already stored,
-        e.g. by a concurrent process running the same command."""
+                    costs: Iterable[Cost], *, certificates: Sequence[Certified] = (),
+                    predictions: Sequence[SmoothedPrediction] = ()) -> bool:
+        """Commit one batch atomically (with its certificates and smoothed predictions, if any). Returns
+        False (writing nothing) if it was already stored, e.g. by a concurrent process running the same
+        command."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM batches WHERE run_id=? AND model=? AND batch=?",
                           (run_id, model, batch)).fetchone():
                 return False
+            if certificates:
+                db.execute(_LAZY_TABLES["certificates"])
+                db.executemany("INSERT INTO certificates(run_id, model, idx, label, prediction, radius, p_lower, "
+                               "count, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               [(run_id, model, int(c.idx), int(c.label), _opt_int(c.prediction),
+                                 None if c.radius is None else float(c.radius), float(c.p_lower), int(c.count),
+                                 int(c.n)) for c in certificates])
+            if predictions:
+                db.execute(_LAZY_TABLES["smoothed_predictions"])
+                db.executemany("INSERT INTO smoothed_predictions(run_id, model, idx, radius, label, prediction, "
+                               "count_top, count_second, p_value, n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               [(run_id, model, int(p.idx), float(p.radius), int(p.label), _opt_int(p.prediction),
+                                 int(p.count_top), int(p.count_second), float(p.p_value), int(p.n))
+                                for p in predictions])
             db.executemany("INSERT INTO outcomes(run_id, model, attack, idx, clean_correct, broken_eps, broken_by) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(run_id, model, o.attack, int(o.idx), int(bool(o.clean_correct)),
@@ -379,6 +465,26 @@ class ResultStore:
                             for c in costs])
             db.execute("INSERT INTO batches(run_id, model, batch) VALUES (?, ?, ?)", (run_id, model, batch))
         return True
+
+    def certificates(self, run_id: str, model: str) -> list[Certified]:
+        """The stored certificates of a smoothed model, ordered by example index (empty if none)."""
+        if not self._has_table("certificates"):
+            return []
+        rows = self._db.execute("SELECT idx, label, prediction, radius, p_lower, count, n FROM certificates "
+                                "WHERE run_id=? AND model=? ORDER BY idx", (run_id, model))
+        return [Certified(*r) for r in rows]
+
+    def smoothed_predictions(self, run_id: str, model: str, radius: float | None = None) -> list[SmoothedPrediction]:
+        """PREDICT's stored answers, ordered by radius and example index; `radius` keeps one radius."""
+        if not self._has_table("smoothed_predictions"):
+            return []
+        q = ("SELECT idx, label, radius, prediction, count_top, count_second, p_value, n FROM smoothed_predictions "
+             "WHERE run_id=? AND model=?")
+        args: list[Any] = [run_id, model]
+        if radius is not None:
+            q += " AND abs(radius - ?) < 1e-9"
+            args.append(float(radius))
+        return [SmoothedPrediction(*r) for r in self._db.execute(q + " ORDER BY radius, idx", args)]
 
     def outcomes(self, run_id: str, model: str, attack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(index, clean_correct, broken_eps with NaN for never broken), ordered by example index."""
