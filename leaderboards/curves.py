@@ -304,9 +304,8 @@ def plot_radius(store: ResultStore, sel: Selection, ranked: list[tuple[str, str]
         shown = shown[:max_models]
     datasets = sorted({d for _, d in shown})
     plt = _pyplot()
-    fig, axes = _figure(plt, len(datasets), size, (5.2, 3.8), extra_w=3.0)
+    fig, axes = _figure(plt, len(datasets), size, (5.6, 4.0))
     colors = _colors(plt, [f"{m}\0{d}" for m, d in shown])
-    handles: dict[str, Any] = {}
     for ax, dataset in zip(axes, datasets):
         top = 0.0
         for model, ds in shown:
@@ -324,7 +323,7 @@ def plot_radius(store: ResultStore, sel: Selection, ranked: list[tuple[str, str]
                             yerr=[[max(0.0, 100 * (r.accuracy - r.ci95[0])) for r in marks],
                                   [max(0.0, 100 * (r.ci95[1] - r.accuracy)) for r in marks]],
                             fmt="o", ms=4, color=c, capsize=3, lw=1)
-            handles.setdefault(model, line)
+            line.set_label(model)
             top = max(top, xs[-1] * 1.05 + 1e-3, *(r.eps for r in marks))
         ax.set_xlim(0, top or 1.0)
         ax.set_ylim(0, 100)
@@ -332,10 +331,9 @@ def plot_radius(store: ResultStore, sel: Selection, ranked: list[tuple[str, str]
         ax.set_title(f"certified accuracy (L2), {dataset}", fontsize=11)
         ax.set_xlabel("L2 radius")
         ax.set_ylabel("certified accuracy (%)")
-    fig.suptitle("Certified accuracy against radius, randomized smoothing (points: stored radii, 95% Wilson)"
-                 + (f"\n{note}" if note else ""), fontsize=12)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", title="smoothed model",
-               fontsize=9, title_fontsize=9)
+        ax.legend(loc="upper right", fontsize=8, title="smoothed model", title_fontsize=8)   # curves fall to the right
+    fig.suptitle("Certified accuracy against L2 radius\n(randomized smoothing; points: stored radii, 95% Wilson)"
+                 + (f"\n{note}" if note else ""), fontsize=11)
     _save(fig, plt, out)
     return PlotResult(out, "radius", len(datasets), tuple(m for m, _ in shown), note)
 
