@@ -22,6 +22,20 @@ FORMAT_VERSION = 1
 
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
+# lineage keys of a checkpoint's meta: what `run --model PATH` needs to re-create the model with no other flag,
+# and what a compression report shows. `source`: where the architecture comes from (registry, torchvision, timm,
+# robustbench); `base_model`: the --model spec it was derived from (fine-tuned, compressed, distilled);
+# `adapter`: the PEFT adapter ({"method": "lora", "rank", "alpha", "targets", "merged"} or bitfit); `compression`:
+# the steps applied, oldest first ({"method": "prune" | "quantize" | "distill", ...} with size, latency, sparsity
+# or bit width measured at save time)
+META_SOURCE, META_BASE_MODEL, META_ADAPTER, META_COMPRESSION = "source", "base_model", "adapter", "compression"
+LINEAGE_KEYS = (META_SOURCE, META_BASE_MODEL, META_ADAPTER, META_COMPRESSION)
+
+
+def lineage(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The lineage entries of a checkpoint's meta (absent ones left out)."""
+    return {k: meta[k] for k in LINEAGE_KEYS if meta and meta.get(k) is not None}
+
 
 def load_file(path: str | os.PathLike[str], *, allow_unsafe: bool = False) -> Any:
     path = Path(path)

@@ -1,6 +1,7 @@
 """`--model` resolution: one name, many sources, tried in a fixed order.
 
   robustbench:NAME | robustbench:DATASET/THREAT/NAME   RobustBench model zoo
+  timm:NAME[:KEY=VALUE,...]                             timm's registry (models/timm_source.py)
   path/to/file.py:factory                               a user's architecture (+ --weights, --mean, --std)
   path/to/model.pt                                      our checkpoint, TorchScript or torch.export archive
   a registered name (digits-cnn, ...)                   built-ins, refused if registered twice
@@ -16,8 +17,10 @@ from typing import Callable
 from ..errors import UserError, unknown
 from .base import LoadedModel
 from .checkpoints import load_file
+from .derived import peek as peek_derived
 from .sources import (ModelOptions, from_file, from_own_checkpoint, from_python, from_robustbench,
                       from_torchvision, robustbench_entry, torchvision_names)
+from .timm_source import PREFIX as TIMM_PREFIX, check_name as check_timm_name, from_timm, parse_spec as parse_timm_spec
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def _create(spec: str, opts: ModelOptions) -> LoadedModel:
         raise UserError("empty model name")
     if spec.startswith("robustbench:"):
         return from_robustbench(spec.split(":", 1)[1], opts)
+    if spec.startswith(TIMM_PREFIX):
+        return from_timm(spec[len(TIMM_PREFIX):], opts)
     head, sep, _ = spec.rpartition(":")
     if sep and head.endswith(".py"):
         return from_python(spec, opts)
@@ -65,7 +70,7 @@ def _create(spec: str, opts: ModelOptions) -> LoadedModel:
     if Path(spec).suffix or "/" in spec or Path(spec).exists():
         if not Path(spec).exists():
             raise UserError(f"model file not found: {spec}")
-        return from_file(spec, opts)
+        return peek_derived(spec, opts) or from_file(spec, opts)
     tv = torchvision_names()
     if spec in tv:
         return from_torchvision(spec, opts)
@@ -84,6 +89,9 @@ def check_model(spec: str, opts: ModelOptions | None = None) -> None:
         return
     if opts.weights and not Path(opts.weights).is_file():
         raise UserError(f"checkpoint not found: {opts.weights}")
+    if spec.startswith(TIMM_PREFIX):
+        check_timm_name(parse_timm_spec(spec[len(TIMM_PREFIX):])[0])
+        return
     head, sep, _ = spec.rpartition(":")
     if sep and head.endswith(".py"):
         if not Path(head).is_file():
