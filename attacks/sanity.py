@@ -28,7 +28,7 @@ Thresholds (the exact rules; constants below):
   noise below the best white-box attack's (gradients are hiding adversarial examples the black box
   finds). `details_checks` applies the same rule inside a composite attack (AutoAttack's Square
   breaking examples its gradient attacks missed).
-Rows named "worst-case" (the engine's combination of attacks) take part only in the eps check.
+Rows of kind "worst_case" (the engine's combination of attacks) take part only in the eps check.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ NOISE_EXAMPLES = 2
 LARGE_LINF_EPS = 0.5
 LARGE_EPS_MAX_ACC = 0.10
 STRONG_MIN_STEPS = 5
-WORST_CASE = "worst-case"
+COMBINED = "worst_case"   # ResultRow.kind of a combination of attacks (the engine's worst case)
 
 CODES = ("probability_outputs", "randomized_forward", "gradient_masking", "non_monotone_eps",
          "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box",
@@ -87,6 +87,7 @@ class ResultRow:
     steps: int | None = None
     n_classes: int | None = None
     input_dim: int | None = None
+    kind: str = "adversarial"   # or "worst_case": the engine's combination of the other rows
 
 
 # ---- model checks ----
@@ -180,17 +181,16 @@ def as_row(obj: Any) -> ResultRow:
     steps = _get(obj, "steps", params.get("steps") if isinstance(params, Mapping) else None)
     white = _get(obj, "white_box")
     attack = str(_get(obj, "attack"))
+    kind = str(_get(obj, "kind", "adversarial"))
     if white is None:
-        white = _registry_white_box(attack)
+        white = True if kind == COMBINED else _registry_white_box(attack)
     return ResultRow(model=str(_get(obj, "model")), attack=attack, eps=float(_get(obj, "eps")),
                      accuracy=float(_get(obj, "accuracy")), n=int(_get(obj, "n")), norm=str(_get(obj, "norm", "linf")),
                      white_box=bool(white), steps=None if steps is None else int(steps),
-                     n_classes=_get(obj, "n_classes"), input_dim=_get(obj, "input_dim"))
+                     n_classes=_get(obj, "n_classes"), input_dim=_get(obj, "input_dim"), kind=kind)
 
 
 def _registry_white_box(attack: str) -> bool:
-    if attack == WORST_CASE:
-        return True
     try:
         from .registry import get_attack_entry
         return bool(get_attack_entry(attack).white_box)
@@ -258,7 +258,7 @@ def _weaker_stronger(rs: list[ResultRow]) -> list[Finding]:
     out = []
     groups: dict[tuple, list[ResultRow]] = defaultdict(list)
     for r in rs:
-        if r.attack != WORST_CASE:
+        if r.kind != COMBINED:
             groups[(r.model, r.eps, r.norm)].append(r)
     for (model, eps, norm), g in groups.items():
         for strong in g:
@@ -305,7 +305,7 @@ def _black_box(rs: list[ResultRow]) -> list[Finding]:
     out = []
     groups: dict[tuple, list[ResultRow]] = defaultdict(list)
     for r in rs:
-        if r.attack != WORST_CASE:
+        if r.kind != COMBINED:
             groups[(r.model, r.eps, r.norm)].append(r)
     for (model, eps, norm), g in groups.items():
         white = [r for r in g if r.white_box]

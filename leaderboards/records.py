@@ -53,8 +53,15 @@ class ThreatResult:
     # "skipped": [{name, reason}], "package_warnings": [...]}; None for plain attacks
     breakdown: dict[str, Any] | None = None
 
+    @property
+    def kind(self) -> str:
+        """adversarial, corruption or worst_case (`leaderboards.threats.threat_kind`)."""
+        from .threats import threat_kind
+        return threat_kind(self.attack)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["kind"] = self.kind
         d["ci95"] = list(self.ci95)
         if self.per_example is not None:
             d["per_example"] = {k: list(v) for k, v in asdict(self.per_example).items() if v is not None}

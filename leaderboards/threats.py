@@ -13,6 +13,17 @@ CORRUPTION_PREFIX = "corruption:"
 WORST_CASE = "worst-case"
 
 
+# what kind of threat a result is: an attack at an eps, a corruption at a severity, or the engine's worst
+# case over several attacks. The one place that reads the naming conventions above.
+ADVERSARIAL, CORRUPTION, COMBINED = "adversarial", "corruption", "worst_case"
+
+
+def threat_kind(attack: str) -> str:
+    if is_corruption(attack):
+        return CORRUPTION
+    return COMBINED if attack == WORST_CASE else ADVERSARIAL
+
+
 def is_corruption(attack: str) -> bool:
     return attack.startswith(CORRUPTION_PREFIX)
 

@@ -29,6 +29,7 @@ from leaderboards import PerExample, ResultStore, StoreError, ThreatResult
 from .data import DatasetInfo, LoadedDataset, TensorImages
 from .data import load_dataset as _load_named_dataset
 from .errors import UserError
+from leaderboards.threats import CORRUPTION
 from .models import LoadedModel, ModelInfo, ModelOptions, Normalized, create_model, state_dict_sha256
 from .specs import SEVERITIES, AttackSpec, RunSpec
 
@@ -163,13 +164,13 @@ class Evaluation:
     def per_example(self) -> tuple[ExampleOutcomes, ...]:
         out, seen = [], set()
         for r in self.results:
-            key = (r.model, r.attack if r.norm != "corruption" else f"{r.attack}@{r.eps:g}")
+            key = (r.model, r.attack if r.kind != CORRUPTION else f"{r.attack}@{r.eps:g}")
             if key in seen or r.per_example is None:
                 continue
             seen.add(key)
             pe: PerExample = r.per_example
             out.append(ExampleOutcomes(key[0], key[1], pe.index, pe.clean_correct,
-                                       pe.broken_eps if r.norm != "corruption" else
+                                       pe.broken_eps if r.kind != CORRUPTION else
                                        tuple(None if c else 0.0 for c in pe.correct), pe.broken_by))
         return tuple(out)
 
@@ -252,7 +253,7 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
     try:
         outcome = evaluator.run(db, prepared)
         from .report import corruption_summaries
-        summaries = corruption_summaries([r for r in outcome.results if r.norm == "corruption"], baseline, db)
+        summaries = corruption_summaries([r for r in outcome.results if r.kind == CORRUPTION], baseline, db)
         doc = run_document(outcome, db, {"corruption_summary": {m: v.to_json() for m, v in summaries.items()}}
                            if summaries else None)
         results = tuple(db.recompute(r.run_id, r.model, r.attack, r.eps, dataset=r.dataset, norm=r.norm,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from leaderboards.threats import CORRUPTION
+
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -102,7 +104,7 @@ def corruption_summaries(rows: Sequence["ThreatResult"], baseline: str | None, s
             run = store.get_run(baseline)
         except StoreError as e:
             raise UserError(str(e)) from None
-        ref = [r for r in store.results(run.run_id) if r.norm == "corruption"]
+        ref = [r for r in store.results(run.run_id) if r.kind == CORRUPTION]
         if not ref:
             raise UserError(f"baseline run {baseline} has no corruption results")
         base = baseline_from_accuracy(f"{ref[0].model} (run {run.run_id})", _by_corruption(ref), ref[0].clean_accuracy)
@@ -164,8 +166,8 @@ def format_warnings(warnings: Sequence[Mapping[str, Any]]) -> list[str]:
 def format_report(results: Sequence["ThreatResult"], warnings: Sequence[Mapping[str, Any]],
                   summaries: Mapping[str, "CorruptionSummary"] | None = None) -> str:
     """The whole printout of a run: attack table, corruption table, warnings."""
-    attack_rows = [r for r in results if r.norm != "corruption"]
-    corruption_rows = [r for r in results if r.norm == "corruption"]
+    attack_rows = [r for r in results if r.kind != CORRUPTION]
+    corruption_rows = [r for r in results if r.kind == CORRUPTION]
     parts = []
     if attack_rows:
         parts.append(format_table(attack_rows))

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +23,9 @@ import torch
 
 from attacks.errors import AttackError
 from leaderboards import ResultStore, ThreatResult
+from leaderboards.threats import COMBINED, CORRUPTION
 
+from .adaptive import attack_params, review, suggestion
 from .cascade import BatchResult, cascade, corruption_pass
 from .data import LoadedDataset, indices_sha256
 from .distributed import World
@@ -70,8 +72,10 @@ class Evaluator:
     def __init__(self, spec: RunSpec, store: ResultStore | None = None, *,
                  log: Callable[[str], None] = lambda s: None, progress: bool = False,
                  world: World | None = None, models: Sequence[LoadedModel] | None = None,
-                 data: LoadedDataset | None = None, argv: Sequence[str] | None = None) -> None:
+                 data: LoadedDataset | None = None, argv: Sequence[str] | None = None,
+                 adaptive: Any = None) -> None:
         self.store, self.log, self.progress = store, log, progress
+        self.adaptive = adaptive   # robustness.adaptive.Adaptive: add adaptive attacks where a model check fires
         self.world = world or World()
         spec.check()
         self.spec, self.attacks = resolve_attacks(spec)
@@ -85,6 +89,9 @@ class Evaluator:
     def prepare(self) -> list[Prepared]:
         prepared, self.batch_size = prepare(self.spec, self.attacks, self.device, world=self.world, log=self.log,
                                             models=self._models, data=self._data)
+        if self.adaptive is not None:
+            from .adaptive import expand
+            self.spec, self.attacks = expand(self.spec, prepared, self.adaptive, self.log) or (self.spec, self.attacks)
         return prepared
 
     def _batches(self, p: Prepared) -> list[np.ndarray]:
@@ -251,7 +258,7 @@ class Evaluator:
             for eps in p.eps:
                 per_attack = []
                 for label, attack in self.attacks:
-                    params = asdict(attack) if dataclasses.is_dataclass(attack) else {}
+                    params = attack_params(attack)
                     per_attack.append(self.store.recompute(run_id, p.label, label, eps, dataset=p.dataset_name,
                                                            norm=self.norm, params=params))
                 results.extend(per_attack)
@@ -271,7 +278,10 @@ class Evaluator:
                     results.append(self.store.recompute(
                         run_id, p.label, corruption_label(name), float(sev), dataset=p.dataset_name,
                         norm="corruption", params=params))
-        warnings = self._checks(prepared, results)
+        # a worst case moved by adaptive rows marks the others unreliable (robustness/adaptive.py)
+        results, unreliable = review(results, lambda m, a, e: self.store.threat_outcomes(run_id, m, a, e)[2],
+                                     [a for a, _ in self.attacks])
+        warnings = self._checks(prepared, results) + [f.to_json() for f in unreliable]
         self.store.finish_run(run_id, results, warnings)
         return [dataclasses.replace(r, per_example=None) for r in results], warnings
 
@@ -286,13 +296,13 @@ class Evaluator:
         reported: list[Any] = []
         seen: set[tuple[str, str, str]] = set()
         for r in results:
-            if r.norm == "corruption":
+            if r.kind == CORRUPTION:
                 continue
             p = info[r.model]
             c, (h, w) = p.data.info.channels, (p.data.info.image_size or (0, 0))
             rows.append({"model": r.model, "attack": r.attack, "eps": r.eps, "accuracy": r.accuracy, "n": r.n,
                          "norm": r.norm, "params": r.params, "n_classes": p.data.info.num_classes,
-                         "input_dim": c * h * w or None})
+                         "input_dim": c * h * w or None, "kind": r.kind})
             b = r.breakdown or {}
             for s in b.get("skipped") or []:
                 key = ("skip", r.model, f"{r.attack}/{s.get('name')}")
@@ -307,9 +317,10 @@ class Evaluator:
                     seen.add(key)
                     reported.append(Finding("package_warning", f"the reference package said: {text}",
                                             model=r.model, attack=r.attack))
-            if r.attack != WORST_CASE and b.get("sub_attacks"):
+            if r.kind != COMBINED and b.get("sub_attacks"):
                 reported.extend(details_checks(b, r.n, model=r.model, attack=r.attack, eps=r.eps))
-        findings = [f for p in prepared for f in p.findings] + result_checks(rows) + reported
+        model_findings = suggestion([f for p in prepared for f in p.findings], self.argv, self.spec, self.adaptive)
+        findings = model_findings + result_checks(rows) + reported
         return [f.to_json() for f in findings]
 
 

@@ -173,8 +173,13 @@ def test_black_box_beats_white_box():
 
 
 def test_worst_case_rows_only_in_the_eps_check():
-    rows = [_row("worst-case", 0.1, 0.50), _row("fgsm", 0.1, 0.20), _row("square", 0.1, 0.1, white_box=False)]
+    rows = [_row("worst-case", 0.1, 0.50, kind="worst_case"), _row("fgsm", 0.1, 0.20),
+            _row("square", 0.1, 0.1, white_box=False)]
     assert all(f.attack != "worst-case" for f in result_checks(rows))
+    # the kind is what counts, not the name: a ThreatResult says it itself
+    from leaderboards import ThreatResult
+    r = ThreatResult("r", "m", "d", "worst-case", "linf", 0.1, 10, 1.0, 0.5, (0.2, 0.8), 0.0, 0, 0)
+    assert r.kind == "worst_case" and as_row(r).kind == "worst_case"
 
 
 def test_rows_from_threat_results():

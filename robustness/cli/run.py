@@ -224,6 +224,7 @@ def parse_severities(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from leaderboards import ResultStore, StoreError
     from ..distributed import init_world, shutdown
+    from leaderboards.threats import CORRUPTION
     from ..report import corruption_summaries, format_report
     from ..runner import Evaluator, export_json
     world = init_world()
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                 outcome = evaluator.run(store, prepared)
                 done.append((spec, outcome))
                 if world.main:
-                    summaries = corruption_summaries([r for r in outcome.results if r.norm == "corruption"],
+                    summaries = corruption_summaries([r for r in outcome.results if r.kind == CORRUPTION],
                                                      args.baseline, store)
                     print(format_report(outcome.results, outcome.warnings, summaries))
                     if not args.quiet:
@@ -287,7 +288,8 @@ def _union_text(done: list, store) -> str:
     from ..report import format_union, union_over_norms
     from ..specs import WORST_CASE
     rows: dict[str, list] = {}
-    models = dict.fromkeys(r.model for _, o in done for r in o.results if r.norm != "corruption")
+    from leaderboards.threats import CORRUPTION
+    models = dict.fromkeys(r.model for _, o in done for r in o.results if r.kind != CORRUPTION)
     for model in models:
         series = {}
         for spec, o in done:
