@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .board import Board, BoardRow, Filters, board_from_selection, model_metadata, select
+from .board import Board, BoardRow, Filters, Selection, boards_from_selection, model_identity, model_metadata, select
 from .protocols import Protocol
 from .stats import wilson_interval
 from .store import ResultStore, RunRecord
-from .tables import board_json, html_table, interval, pct, sorted_by, title
+from .tables import boards_json, html_table, interval, pct, sorted_by, title
 from .threats import threat_labels, Threat
 
 
@@ -86,12 +86,11 @@ code{background:#f4f4f4;padding:0 .2rem}
 _SCRIPT = r"""
 (function () {
   "use strict";
-  var table = document.getElementById("leaderboard");
   var data = JSON.parse(document.getElementById("board-data").textContent);
   var body = document.body;
-  body.setAttribute("data-models", String(data.rows.length));
-  var tbody = table.tBodies[0];
-  var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  var boards = data.boards || [data];
+  body.setAttribute("data-models", String(boards.reduce(function (n, b) { return n + b.rows.length; }, 0)));
+  var tables = Array.prototype.slice.call(document.querySelectorAll("table.leaderboard"));
   var search = document.getElementById("search");
   var count = document.getElementById("count");
   var state = {key: "rank", dir: "asc", q: ""};
@@ -115,15 +114,16 @@ _SCRIPT = r"""
     if (state.q) h += "&q=" + encodeURIComponent(state.q);
     if (history.replaceState) history.replaceState(null, "", "#" + h);
   }
-  function apply() {
-    var col = -1, type = "text";
-    heads.forEach(function (th, i) {
+  function heads(table) { return Array.prototype.slice.call(table.tHead.rows[0].cells); }
+  function applyTable(table) {
+    var col = -1, type = "text", ths = heads(table), tbody = table.tBodies[0];
+    ths.forEach(function (th, i) {
       th.removeAttribute("aria-sort");
       if (th.getAttribute("data-key") === state.key) { col = i; type = th.getAttribute("data-type"); }
     });
     var rows = Array.prototype.slice.call(tbody.rows);
     if (col >= 0) {
-      heads[col].setAttribute("aria-sort", state.dir === "asc" ? "ascending" : "descending");
+      ths[col].setAttribute("aria-sort", state.dir === "asc" ? "ascending" : "descending");
       var sign = state.dir === "asc" ? 1 : -1;
       rows.forEach(function (r, i) { r._i = i; });
       rows.sort(function (a, b) {
@@ -146,20 +146,27 @@ _SCRIPT = r"""
       r.hidden = !hit;
       if (hit) shown += 1;
     });
-    count.textContent = shown + " of " + rows.length + " models";
     table.setAttribute("data-visible", String(shown));
     table.setAttribute("data-order", rows.filter(function (r) { return !r.hidden; })
       .map(function (r) { return r.getAttribute("data-rank"); }).join(","));
+    return [shown, rows.length];
   }
-  heads.forEach(function (th) {
-    th.addEventListener("click", function () {
-      var key = th.getAttribute("data-key");
-      if (state.key === key) state.dir = state.dir === "asc" ? "desc" : "asc";
-      else { state.key = key; state.dir = th.getAttribute("data-type") === "num" && key !== "rank" && key !== "n" ? "desc" : "asc"; }
-      apply(); writeHash();
+  function apply() {
+    var shown = 0, total = 0;
+    tables.forEach(function (t) { var n = applyTable(t); shown += n[0]; total += n[1]; });
+    count.textContent = shown + " of " + total + " models";
+  }
+  tables.forEach(function (table) {
+    heads(table).forEach(function (th) {
+      th.addEventListener("click", function () {
+        var key = th.getAttribute("data-key");
+        if (state.key === key) state.dir = state.dir === "asc" ? "desc" : "asc";
+        else { state.key = key; state.dir = th.getAttribute("data-type") === "num" && key !== "rank" && key !== "n" ? "desc" : "asc"; }
+        apply(); writeHash();
+      });
+      th.tabIndex = 0;
+      th.addEventListener("keydown", function (ev) { if (ev.key === "Enter") th.click(); });
     });
-    th.tabIndex = 0;
-    th.addEventListener("keydown", function (ev) { if (ev.key === "Enter") th.click(); });
   });
   search.addEventListener("input", function () { state.q = search.value; apply(); writeHash(); });
   readHash();
@@ -209,10 +216,10 @@ class SiteResult:
     rows: int
 
 
-def _plot_files(sel, board: Board, out: Path, fmt: str, max_models: int) -> list[tuple[Path, str, str]]:
-    """Draw what the data allows; returns (path, alt text, caption)."""
+def _plot_files(sel, boards: Sequence[Board], out: Path, fmt: str, max_models: int) -> list[tuple[Path, str, str]]:
+    """Draw what the data allows (panels per data set); returns (path, alt text, caption)."""
     from .curves import NothingToPlot, plot_corruption_heatmap, plot_eps, plot_severity
-    ranked = [(r.model, r.dataset) for r in board.rows]
+    ranked = [(r.model, r.dataset) for b in boards for r in b.rows]
     made = []
     jobs = [("eps", plot_eps, "Accuracy against eps per model, with 95% interval bands; eps 0 is clean accuracy."),
             ("severity", plot_severity, "Accuracy against corruption severity, per corruption and on average."),
@@ -298,12 +305,13 @@ def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filter
         raise ValueError("plot format must be png or svg")
     previous = _previous_files(out)
     sel = select(store, filters, protocol)
-    board = board_from_selection(sel, protocol)
+    boards = boards_from_selection(sel, protocol)
+    all_rows = [(b, r) for b in boards for r in b.rows]
 
     def href(r: BoardRow) -> str:
         return f"models/{model_slug(r.model, r.dataset)}.html"
-    draw = plots and bool(board.rows)
-    targets = ["index.html", "leaderboard.json"] + [href(r) for r in board.rows] + \
+    draw = plots and bool(all_rows)
+    targets = ["index.html", "leaderboard.json"] + [href(r) for _, r in all_rows] + \
         ([f"plots/{k}.{plot_format}" for k in _PLOTS] if draw else [])
     _claim(out, targets, previous)
     _write_marker(out, sorted(previous | set(targets)))   # a build that dies half way still knows its files
@@ -317,24 +325,34 @@ def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filter
     (out / "models").mkdir(exist_ok=True)
     if draw:
         (out / "plots").mkdir(exist_ok=True)
-    data = board_json(board)
-    made = _plot_files(sel, board, out, plot_format, max_models) if draw else []
-    page_title = site_title or title(board)
-    threats_txt = ", ".join(board.labels[t] for t in board.threats) or "none"
+    data = boards_json(boards)
+    made = _plot_files(sel, boards, out, plot_format, max_models) if draw else []
+    first = boards[0]
+    multi = len(boards) > 1
+    page_title = site_title or (title(first) if not multi else
+                                "Robust accuracy, " + ", ".join(d for b in boards for d in b.datasets))
     intro = [f"<h1>{e(page_title)}</h1>",
-             f'<p class="note">{len(board.rows)} models; threats: {e(threats_txt)}. Accuracy % with its 95% '
-             f"Wilson interval in brackets. Rows are ranked by {sorted_by(board)}; click a "
-             "column heading to sort, type to filter.</p>"]
-    if board.protocol is not None:
-        p = board.protocol
+             f'<p class="note">{len(all_rows)} models' + (f" on {len(boards)} data sets, a table each (ranks "
+                                                          "compare models on the same images only)" if multi else "")
+             + ". Accuracy % with its 95% Wilson interval in brackets; click a column heading to sort, type to "
+             "filter. A row is one set of weights (the short weights hash in the Weights column).</p>"]
+    if first.protocol is not None:
+        p = first.protocol
         intro.append(f'<p class="note">Protocol <code>{e(p.name)}</code>: {e(p.description)}</p>')
-    if board.left_out:
-        items = "".join(f"<li><code>{e(x.run_id)}</code>: {e(x.reason)}</li>" for x in board.left_out)
-        intro.append(f"<details><summary>{len(board.left_out)} run(s) left out (not following the protocol)"
+    if first.left_out:
+        items = "".join(f"<li><code>{e(x.run_id)}</code>: {e(x.reason)}</li>" for x in first.left_out)
+        intro.append(f"<details><summary>{len(first.left_out)} run(s) left out (not following the protocol)"
                      f"</summary><ul>{items}</ul></details>")
     controls = ('<p><label for="search">Search: </label><input id="search" type="search" '
                 'placeholder="model, architecture, ..." autocomplete="off"> <span id="count" class="note"></span></p>')
-    table = html_table(board, model_href=href)
+    tables = []
+    for i, board in enumerate(boards):
+        threats_txt = ", ".join(board.labels[t] for t in board.threats) or "none"
+        head = f"<h2>{e(', '.join(board.datasets) or 'no data')}</h2>\n" if multi else ""
+        tables.append(f'{head}<p class="note">{len(board.rows)} models; threats: {e(threats_txt)}. Rows are ranked '
+                      f'by {sorted_by(board)}.</p>\n<div class="scroll">'
+                      + html_table(board, model_href=href, table_id="leaderboard" if i == 0 else f"leaderboard-{i + 1}")
+                      + "</div>")
     figs = []
     for path, alt, caption in made:
         size = _image_size(path)
@@ -342,7 +360,7 @@ def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filter
         rel = path.relative_to(out).as_posix()
         figs.append(f'<figure><img src="{e(rel)}" alt="{e(alt)}"{wh}><figcaption class="note">{e(caption)}'
                     "</figcaption></figure>")
-    content = "\n".join(intro + [controls, f'<div class="scroll">{table}</div>'] + (["<h2>Plots</h2>"] + figs if figs else []) +
+    content = "\n".join(intro + [controls] + tables + (["<h2>Plots</h2>"] + figs if figs else []) +
                         ['<p class="note">Data: <a href="leaderboard.json">leaderboard.json</a>. Generated by '
                          "robust-bench site.</p>"])
     index = out / "index.html"
@@ -352,12 +370,12 @@ def build_site(store: ResultStore, out: str | Path, *, filters: Filters = Filter
     by_run_model: dict[tuple[str, str], list] = {}
     for r in store.results():
         by_run_model.setdefault((r.run_id, r.model), []).append(r)
-    pages = [_model_page(board, r, runs, by_run_model, out / href(r), page_title) for r in board.rows]
+    pages = [_model_page(b, r, runs, by_run_model, sel, out / href(r), page_title) for b, r in all_rows]
     if draw and not made and not any((out / "plots").iterdir()):
         (out / "plots").rmdir()
-    _write_marker(out, ["index.html", "leaderboard.json"] + [href(r) for r in board.rows] +
+    _write_marker(out, ["index.html", "leaderboard.json"] + [href(r) for _, r in all_rows] +
                   [p.relative_to(out).as_posix() for p, _, _ in made])
-    return SiteResult(out, index, tuple(pages), tuple(p for p, _, _ in made), len(board.rows))
+    return SiteResult(out, index, tuple(pages), tuple(p for p, _, _ in made), len(all_rows))
 
 
 def _clean_ci(r) -> tuple[float, float]:
@@ -365,13 +383,15 @@ def _clean_ci(r) -> tuple[float, float]:
 
 
 def _model_page(board: Board, row: BoardRow, runs: Sequence[RunRecord], by_run_model: Mapping[tuple[str, str], list],
-                path: Path, site_title: str) -> Path:
+                sel: Selection, path: Path, site_title: str) -> Path:
     info = row.info or {}
     minfo = info.get("model") if isinstance(info.get("model"), dict) else {}
     meta = model_metadata(info)
-    items = [("Model", row.model), ("Data set", row.dataset), ("Architecture", meta["arch"]),
+    items = [("Model", row.model), ("Stored as", row.label if row.label != row.model else None),
+             ("Data set", row.dataset), ("Architecture", meta["arch"]),
              ("Extra training data", meta["extra_data"]), ("Source", minfo.get("source")),
-             ("Weights (sha256)", minfo.get("weights_sha256")), ("Weights file", minfo.get("weights_path"))]
+             ("Weights (sha256 of the tensors)", minfo.get("weights_sha256")),
+             ("Weights file", minfo.get("weights_path")), ("Weights file (sha256 of the file)", row.file_sha256)]
     dl = ["<dl class=\"meta\">"]
     for k, v in items:
         if v:
@@ -401,7 +421,9 @@ def _model_page(board: Board, row: BoardRow, runs: Sequence[RunRecord], by_run_m
     entry.append("</tbody></table>")
     runs_html = []
     for run in runs:
-        results = [r for r in by_run_model.get((run.run_id, row.model), []) if r.dataset == row.dataset]
+        if model_identity(sel.infos.get((run.run_id, row.label), {})) != row.identity:
+            continue   # the same label for other weights: another row's run
+        results = [r for r in by_run_model.get((run.run_id, row.label), []) if r.dataset == row.dataset]
         if not results:
             continue
         ts = sorted({Threat(r.attack, r.norm, r.eps) for r in results},

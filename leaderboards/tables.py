@@ -3,6 +3,9 @@
 Accuracies print as percentages with one decimal and the 95% Wilson interval in brackets; JSON keeps
 fractions in [0, 1] like the run exports. Every output is deterministic for a given store (no dates).
 Text from the store (model names, architectures, links) is escaped for the format it lands in.
+
+Several data sets: `render_boards` writes one table per data set (Markdown, LaTeX and HTML one after the
+other; JSON `{"boards": [...]}`); CSV holds one table, so it needs one data set (`NeedsOneDataset`).
 """
 from __future__ import annotations
 
@@ -11,12 +14,21 @@ import html
 import io
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .board import Board, BoardRow
 from .threats import Threat
 
 FORMATS = ("md", "csv", "latex", "html", "json")
+SHORT_HASH = 8
+
+
+class NeedsOneDataset(ValueError):
+    """A format that holds one table (CSV) was asked for boards of several data sets."""
+
+
+def short_hash(digest: str | None) -> str:
+    return digest[:SHORT_HASH] if digest else ""
 
 
 def pct(v: float) -> str:
@@ -33,10 +45,19 @@ def _columns(board: Board) -> list[str]:
     if len(board.datasets) > 1:
         cols.append("dataset")
     cols += [c for c in ("arch", "extra_data", "paper") if board.has(c)]
+    if board.has("weights_sha256"):
+        cols.append("weights")
     return cols
 
 
-_TITLES = {"dataset": "Data set", "arch": "Architecture", "extra_data": "Extra data", "paper": "Paper"}
+_TITLES = {"dataset": "Data set", "arch": "Architecture", "extra_data": "Extra data", "paper": "Paper",
+           "weights": "Weights"}
+
+
+def _meta_text(r: BoardRow, c: str) -> str:
+    if c == "weights":
+        return short_hash(r.weights_sha256)
+    return getattr(r, c) or ""
 
 
 def title(board: Board) -> str:
@@ -83,7 +104,7 @@ def to_markdown(board: Board) -> str:
             if c == "paper" and r.paper_url:
                 meta.append(f"[{md_escape(r.paper or 'paper')}](<{r.paper_url.replace('>', '%3E')}>)")
             else:
-                meta.append(md_escape(getattr(r, c) or ""))
+                meta.append(md_escape(_meta_text(r, c)))
         cells = [_cell_text(r, t) or "—" for t in board.threats]
         worst = pct(r.score) + ("" if r.complete else " (partial)") if r.score is not None else "—"
         lines.append("| " + " | ".join([str(r.rank), md_escape(r.model)] + meta +
@@ -99,8 +120,8 @@ def to_markdown(board: Board) -> str:
 def to_csv(board: Board) -> str:
     """One row per model; accuracy and interval bounds in separate numeric columns (percent)."""
     labels = board.labels
-    head = ["rank", "model", "dataset", "arch", "extra_data", "paper", "n", "clean", "clean_ci_low",
-            "clean_ci_high"]
+    head = ["rank", "model", "dataset", "arch", "extra_data", "paper", "weights_sha256", "n", "clean",
+            "clean_ci_low", "clean_ci_high"]
     for t in board.threats:
         head += [labels[t], f"{labels[t]} ci_low", f"{labels[t]} ci_high"]
     head += ["worst_case", "mean", "complete", "runs"]
@@ -109,8 +130,8 @@ def to_csv(board: Board) -> str:
     w.writerow([_csv_safe(v) for v in head])
     f = lambda v: "" if v is None else f"{100 * v:.2f}"  # noqa: E731
     for r in board.rows:
-        row = [r.rank, r.model, r.dataset, r.arch or "", r.extra_data or "", r.paper_url or r.paper or "", r.n,
-               f(r.clean_accuracy), f(r.clean_ci95[0]), f(r.clean_ci95[1])]
+        row = [r.rank, r.model, r.dataset, r.arch or "", r.extra_data or "", r.paper_url or r.paper or "",
+               r.weights_sha256 or "", r.n, f(r.clean_accuracy), f(r.clean_ci95[0]), f(r.clean_ci95[1])]
         for t in board.threats:
             c = r.cells.get(t)
             row += [f(c.accuracy), f(c.ci95[0]), f(c.ci95[1])] if c else ["", "", ""]
@@ -164,7 +185,7 @@ def to_latex(board: Board) -> str:
                     .replace("{", "%7B")
                 meta.append(f"\\href{{{url}}}{{{tex_escape(r.paper or 'paper')}}}")
             else:
-                meta.append(tex_escape(getattr(r, c) or ""))
+                meta.append(tex_escape(_meta_text(r, c)))
 
         def cell(acc: float | None, ci: tuple[float, float] | None) -> str:
             if acc is None or ci is None:
@@ -207,7 +228,9 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
                 tds.append(f'<td data-sort="{e(r.paper or "")}" class="text"><a href="{e(r.paper_url)}" '
                            f'rel="noopener noreferrer">{e(r.paper or "paper")}</a></td>')
             else:
-                tds.append(f'<td data-sort="{e(getattr(r, c) or "")}" class="text">{e(getattr(r, c) or "")}</td>')
+                text = _meta_text(r, c)
+                tip = f' title="sha256 {e(r.weights_sha256)}"' if c == "weights" and r.weights_sha256 else ""
+                tds.append(f'<td data-sort="{e(text)}" class="text"{tip}>{e(text)}</td>')
         tds.append(f'<td data-sort="{r.n}">{r.n}</td>')
         tds.append(f'<td data-sort="{num(r.clean_accuracy)}">{pct(r.clean_accuracy)} '
                    f'<span class="ci">{interval(r.clean_ci95)}</span></td>')
@@ -227,13 +250,23 @@ def html_table(board: Board, *, model_href: Callable[[BoardRow], str] | None = N
 
 def to_html(board: Board) -> str:
     """A small standalone page holding the table (for the full site, see `leaderboards.site`)."""
-    t = html.escape(title(board))
+    return _html_page([board])
+
+
+def _html_page(boards: Sequence[Board]) -> str:
+    t = html.escape(title(boards[0]) if len(boards) == 1 else "Robust accuracy, " +
+                    ", ".join(d for b in boards for d in b.datasets))
+    body = []
+    for i, board in enumerate(boards):
+        if len(boards) > 1:
+            body.append(f"<h2>{html.escape(title(board))}</h2>\n")
+        body.append(f"<p>Accuracy % [95% Wilson interval]; sorted by {sorted_by(board)}.</p>\n")
+        body.append(html_table(board, table_id="leaderboard" if i == 0 else f"leaderboard-{i + 1}"))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{t}</title>\n<style>table{{border-collapse:collapse;font-family:sans-serif}}"
             "th,td{border:1px solid #ccc;padding:4px 8px}td{text-align:right}td.model{text-align:left}"
             ".ci{color:#666;font-size:85%}</style>\n</head>\n<body>\n"
-            f"<h1>{t}</h1>\n<p>Accuracy % [95% Wilson interval]; sorted by {sorted_by(board)}.</p>\n"
-            + html_table(board) + "</body>\n</html>\n")
+            f"<h1>{t}</h1>\n" + "".join(body) + "</body>\n</html>\n")
 
 
 # ---- JSON ----
@@ -241,9 +274,11 @@ def to_html(board: Board) -> str:
 def board_json(board: Board) -> dict[str, Any]:
     labels = board.labels
     return {
+        "dataset": board.datasets[0] if len(board.datasets) == 1 else None,
         "protocol": board.protocol.to_json() if board.protocol else None,
         "threats": [{"label": labels[t], "attack": t.attack, "norm": t.norm, "eps": t.eps} for t in board.threats],
-        "rows": [{"rank": r.rank, "model": r.model, "dataset": r.dataset, "arch": r.arch,
+        "rows": [{"rank": r.rank, "model": r.model, "label": r.label, "dataset": r.dataset, "arch": r.arch,
+                  "weights_sha256": r.weights_sha256, "file_sha256": r.file_sha256,
                   "extra_data": r.extra_data, "paper": r.paper, "paper_url": r.paper_url, "n": r.n,
                   "clean_accuracy": r.clean_accuracy, "clean_ci95": list(r.clean_ci95),
                   "threats": {labels[t]: {"accuracy": c.accuracy, "ci95": list(c.ci95), "n": c.n,
@@ -258,9 +293,36 @@ def to_json(board: Board) -> str:
     return json.dumps(board_json(board), indent=1, sort_keys=True) + "\n"
 
 
+def boards_json(boards: Sequence[Board]) -> dict[str, Any]:
+    """One board: its document (as `board_json`); several: {"boards": [one per data set], "left_out"}."""
+    if len(boards) == 1:
+        return board_json(boards[0])
+    docs = [board_json(b) for b in boards]
+    for d in docs:
+        d.pop("left_out")
+    return {"boards": docs, "datasets": [d["dataset"] for d in docs],
+            "left_out": [{"run_id": x.run_id, "model": x.model, "reason": x.reason} for x in boards[0].left_out]}
+
+
 def render(board: Board, fmt: str) -> str:
     try:
         fn = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html, "json": to_json}[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}") from None
     return fn(board)
+
+
+def render_boards(boards: Sequence[Board], fmt: str) -> str:
+    """Boards of several data sets, a table each (see the module docstring)."""
+    boards = list(boards)
+    if len(boards) == 1:
+        return render(boards[0], fmt)
+    if fmt == "csv":
+        names = ", ".join(d for b in boards for d in b.datasets)
+        raise NeedsOneDataset(f"a CSV file holds one table and the results cover {len(boards)} data sets "
+                              f"({names}): pass --dataset NAME for one of them")
+    if fmt == "json":
+        return json.dumps(boards_json(boards), indent=1, sort_keys=True) + "\n"
+    if fmt == "html":
+        return _html_page(boards)
+    return "\n".join(render(b, fmt) for b in boards)

@@ -66,12 +66,15 @@ def add_run(store: ResultStore, run_id: str, created: str, models: dict, *, eps=
     return run_id
 
 
+# the weights digest (and its file's) as a model source records them: the board shows the short hash
+WRN_INFO = {"arch": "WideResNet-28-10", "weights_sha256": "3f2a9c1b" + "0" * 56,
+            "extra": {"extra_data": True, "paper": "https://arxiv.org/abs/1905.13736", "file_sha256": "e1" * 32}}
+
+
 def build_fixed_store(path: Path, *, hostile: str | None = None) -> Path:
     with ResultStore(path) as s:
         add_run(s, "run-a-000001", "2026-01-01T10:00:00+0000", {
-            "wrn-28-10-at": {"clean": 18, "attacks": {"fgsm": [16, 14], "pgd": [15, 5]},
-                             "info": {"arch": "WideResNet-28-10",
-                                      "extra": {"extra_data": True, "paper": "https://arxiv.org/abs/1905.13736"}}},
+            "wrn-28-10-at": {"clean": 18, "attacks": {"fgsm": [16, 14], "pgd": [15, 5]}, "info": WRN_INFO},
             "resnet-18|std_v1": {"clean": 19, "attacks": {"fgsm": [6, 1], "pgd": [3, 0]},
                                  "info": {"arch": "ResNet-18", "extra": {"extra_data": False}}},
             "alpha-net": {"clean": 17, "attacks": {"fgsm": [12, 9], "pgd": [11, 8]}, "info": {"arch": "CNN"}},
@@ -80,9 +83,7 @@ def build_fixed_store(path: Path, *, hostile: str | None = None) -> Path:
         }, params={"pgd": {"steps": 10}})
         # newer run: re-evaluates wrn's PGD (replaces it), keeps its FGSM from run A
         add_run(s, "run-b-000002", "2026-02-01T10:00:00+0000", {
-            "wrn-28-10-at": {"clean": 18, "attacks": {"pgd": [14, 10]},
-                             "info": {"arch": "WideResNet-28-10",
-                                      "extra": {"extra_data": True, "paper": "https://arxiv.org/abs/1905.13736"}}},
+            "wrn-28-10-at": {"clean": 18, "attacks": {"pgd": [14, 10]}, "info": WRN_INFO},
         }, params={"pgd": {"steps": 10}}, tag="v2")
         # unfinished run: never shown
         add_run(s, "run-c-000003", "2026-03-01T10:00:00+0000", {

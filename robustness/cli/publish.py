@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from leaderboards import ResultStore, StoreError
-from leaderboards.board import Board, Filters, build_board
+from leaderboards.board import Board, Filters, build_boards
 from leaderboards.protocols import Protocol, ProtocolError, load_protocol, protocol_names
 
 from ..errors import UserError
@@ -22,7 +22,7 @@ from .options import parse_eps_list, parse_list, positive_int
 def _add_source(p: argparse.ArgumentParser, *, protocol: bool = True) -> None:
     p.add_argument("--db", default="results.db", help="SQLite results store (default: ./results.db)")
     f = p.add_argument_group("which results (comma-separated lists)")
-    f.add_argument("--dataset", help="only these data sets")
+    f.add_argument("--dataset", help="only these data sets (a folder's name, with or without its #digest)")
     f.add_argument("--attack", help="only these attacks (corruptions: corruption:NAME)")
     f.add_argument("--eps", help="only these eps, fractions accepted: 4/255,8/255 (corruptions: severities)")
     f.add_argument("--norm", help="only these norms (linf, l2)")
@@ -66,19 +66,21 @@ def _open(db: str) -> ResultStore:
         raise UserError(str(e)) from None
 
 
-def _board(args: argparse.Namespace) -> Board:
+def _boards(args: argparse.Namespace) -> tuple[Board, ...]:
+    """One board per data set (ranks never compare models measured on different images)."""
     protocol = _protocol(getattr(args, "protocol", None))
     filters = _filters(args)
     with _open(args.db) as store:
-        board = build_board(store, filters, protocol)
-    for x in board.left_out:
+        boards = build_boards(store, filters, protocol)
+    first = boards[0]
+    for x in first.left_out:
         print(f"left out run {x.run_id} ({x.model}): {x.reason}", file=sys.stderr)
-    if board.unfinished_runs:
-        print(f"ignored {board.unfinished_runs} unfinished run(s); only complete runs are shown", file=sys.stderr)
-    if not board.rows:
+    if first.unfinished_runs:
+        print(f"ignored {first.unfinished_runs} unfinished run(s); only complete runs are shown", file=sys.stderr)
+    if not any(b.rows for b in boards):
         what = f" following protocol {protocol.name}" if protocol else ""
         raise UserError(f"no complete results{what} in {args.db} match the filters")
-    return board
+    return boards
 
 
 def _output_path(out: str) -> Path:
@@ -128,9 +130,13 @@ def _size(text: str | None) -> tuple[int, int] | None:
 # ---- leaderboard ----
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from leaderboards.tables import render
-    board = _board(args)
-    _write(render(board, args.format), args.out)
+    from leaderboards.tables import NeedsOneDataset, render_boards
+    boards = _boards(args)
+    try:
+        text = render_boards(boards, args.format)
+    except NeedsOneDataset as e:
+        raise UserError(str(e)) from None
+    _write(text, args.out)
     return 0
 
 
@@ -222,9 +228,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("leaderboard", help="a table of models by robust accuracy (md, csv, latex, html, json)",
                        formatter_class=fmt, description=(
-                           "A row per model, a column per threat (attack@eps) with 95% Wilson intervals, sorted by "
-                           "the worst case (lowest accuracy over the threats shown, or a stored `worst-case` "
-                           "attack). Only complete runs; per (model, data set, threat) the newest run wins."),
+                           "A table per data set (ranks compare models on the same images only): a row per model, "
+                           "a column per threat (attack@eps) with 95% Wilson intervals, sorted by the worst case "
+                           "(lowest accuracy over the threats shown, or a stored `worst-case` attack). A row is one "
+                           "set of weights: two checkpoints evaluated under one name are two rows, the name "
+                           "followed by the run's tag or the short weights hash. Only complete runs; per (model, "
+                           "data set, threat) the newest run wins. CSV holds one table: pick a data set with "
+                           "--dataset when the store has several."),
                        epilog="examples:\n  robust-bench leaderboard --protocol digits-linf\n"
                               "  robust-bench leaderboard --dataset cifar10 --eps 8/255 --format latex --out table.tex")
     _add_source(p)
