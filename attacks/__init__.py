@@ -5,6 +5,7 @@ This package knows only torch: models come in as `nn.Module`s that take [0, 1] N
 """
 from ._core import (NORMS, AttackOutput, PassCounter, canonical_norm, check_applicable, check_eps, clip_to_box,
                     project)
+from ._core import ascent_direction, frozen  # the inner maximization of adversarial training (defenses)
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack
 from .autoattack_package import AutoAttackPackage
