@@ -80,8 +80,8 @@ def load_dataset(source: str | os.PathLike[str] | Dataset | LoadedDataset | tupl
     or uint8 NHWC), or any torch Dataset of (image, label) pairs."""
     if isinstance(source, LoadedDataset):
         return source
-    if isinstance(source, (str, os.PathLike)):
-        return _load_named_dataset(str(source), data_dir=data_dir, split=split)
+    if isinstance(source, (str, os.PathLike)):   # `name`: an image folder's / array file's, before its digest
+        return _load_named_dataset(str(source), data_dir=data_dir, split=split, name=name)
     if isinstance(source, tuple) and len(source) == 2:
         x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in source)
         if x.dtype == torch.uint8:
@@ -101,7 +101,8 @@ def load_dataset(source: str | os.PathLike[str] | Dataset | LoadedDataset | tupl
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             raise UserError(f"labels must be in [0, {k}), got {int(y.min())}..{int(y.max())}")
         digest = hashlib.sha256(x.contiguous().numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:12]
-        info = DatasetInfo(name=name or f"tensors-{digest}", num_classes=k, channels=int(x.shape[1]),
+        info = DatasetInfo(name=f"{name}#{digest[:8]}" if name else f"tensors-{digest}", num_classes=k,
+                           channels=int(x.shape[1]),
                            image_size=(int(x.shape[2]), int(x.shape[3])), default_eps=_guess_eps(x.shape[2:]))
         return LoadedDataset(TensorImages(x.float(), y), info)
     if isinstance(source, Dataset):
@@ -208,7 +209,8 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
              baseline: str | None = None, store: Any = None, tag: str | None = None, split: str = "test",
              data_dir: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
              num_classes: int | None = None, weights: str | None = None, name: str | None = None,
-             log: Callable[[str], None] | None = None, progress: bool = False) -> Evaluation:
+             log: Callable[[str], None] | None = None, progress: bool = False,
+             dataset_name: str | None = None) -> Evaluation:
     """Evaluate one or several models (names, nn.Modules or LoadedModels; or a whole RunSpec) on a data
     set (a name, tensors, a Dataset; None: each model's own) under `attacks` (names, AttackSpecs or
     attack objects such as `attacks.PGD(steps=50)`) at each eps, and the common `corruptions`."""
@@ -230,17 +232,18 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
                                   name=name if len(sources) == 1 else None) for m in sources]
             names = [m.info.name for m in objects]
             mean = std = weights = None
-        dataset_name = None
+        data_path = None
         if data is not None and not isinstance(data, (str, os.PathLike)):
-            loaded_data = load_dataset(data, num_classes=num_classes)
-            dataset_name = loaded_data.info.name
+            loaded_data = load_dataset(data, num_classes=num_classes, name=dataset_name)
+            data_path, dataset_name = loaded_data.info.name, None
         elif data is not None:
-            dataset_name = str(data)
+            data_path = str(data)
         eps_t = None if eps is None else tuple(float(e) for e in ((eps,) if isinstance(eps, (int, float)) else eps))
         opts = ModelOptions(weights=weights, mean=None if mean is None else tuple(float(v) for v in mean),
                             std=None if std is None else tuple(float(v) for v in std), num_classes=num_classes,
                             threat={"linf": "Linf", "l2": "L2"}.get(str(norm).lower(), str(norm)))
-        spec = RunSpec(models=tuple(names), dataset=dataset_name, data_dir=data_dir, split=split,
+        spec = RunSpec(models=tuple(names), dataset=data_path, dataset_name=dataset_name, data_dir=data_dir,
+                       split=split,
                        attacks=_attack_specs(attacks, norm), norm=norm, eps=eps_t,
                        n_examples=n_examples, subset=subset, seed=seed, batch_size=batch_size, device=device,
                        precision=precision, channels_last=channels_last, model_options=opts, tag=tag,

@@ -1,5 +1,10 @@
 """`--dataset` resolution: named sets (torchvision loaders, local ImageNet, the bundled digits), image
-folders and array files. Every set yields (float CHW pixels in [0, 1], int label)."""
+folders and array files. Every set yields (float CHW pixels in [0, 1], int label).
+
+A data set's name is what results are grouped by, so it must say which images were used. Named sets are
+their name (the loader fixes the files). An image folder or array file is named by its folder or file
+name (or `--dataset-name`) and a digest of its content, `test#1f2e3d4c`: two folders both called
+`test` are two data sets, and the same folder under two paths is one."""
 from __future__ import annotations
 
 import functools
@@ -22,6 +27,12 @@ _EPS_LINF_CIFAR = (2 / 255, 4 / 255, 8 / 255)
 _EPS_LINF_IMAGENET = (1 / 255, 2 / 255, 4 / 255)
 
 
+DIGEST_SEP = "#"            # name#digest (leaderboards.board.DIGEST_SEP: filters match either part)
+FULL_CONTENT_FILES = 20_000        # folders up to this many files (and bytes) are hashed whole ...
+FULL_CONTENT_BYTES = 512 * 2 ** 20
+SAMPLED_FILES = 2_000              # ... larger ones by every name and size, and this many files' bytes
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -30,10 +41,30 @@ class DatasetInfo:
     classes: tuple[str, ...] | None = None
     image_size: tuple[int, int] | None = None
     default_eps: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    digest: str | None = None          # sha256 of the content (folders, array files); None: a named set
+    digest_scope: str | None = None    # what the digest covers
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "channels": self.channels,
-                "image_size": list(self.image_size) if self.image_size else None}
+        out = {"name": self.name, "num_classes": self.num_classes, "channels": self.channels,
+               "image_size": list(self.image_size) if self.image_size else None}
+        if self.digest:
+            out.update(digest=self.digest, digest_scope=self.digest_scope)
+        return out
+
+
+def check_dataset_name(name: str | None) -> str | None:
+    """`--dataset-name`: a short label of the user's for an image folder or array file."""
+    if name is None:
+        return None
+    text = " ".join(str(name).split())
+    if not text or DIGEST_SEP in text or len(text) > 100:
+        raise UserError(f"bad --dataset-name {name!r}: give a non-empty name of at most 100 characters without "
+                        f"{DIGEST_SEP!r} (the content digest is appended to it)")
+    return text
+
+
+def identified(name: str, digest: str) -> str:
+    return f"{name}{DIGEST_SEP}{digest[:8]}"
 
 
 @dataclass(frozen=True)
@@ -202,7 +233,7 @@ def _imagenet(root: Path | None, split: str, pre: Preprocess | None, download: b
     if not folder.is_dir():
         raise UserError(f"ImageNet folder not found: {folder}")
     loaded = image_folder(folder, pre or Preprocess(resize=256, crop=224), name="imagenet",
-                          eps={"linf": _EPS_LINF_IMAGENET, "l2": (0.5, 1.0, 2.0)})
+                          eps={"linf": _EPS_LINF_IMAGENET, "l2": (0.5, 1.0, 2.0)}, identify=False)
     if loaded.info.num_classes != 1000:
         raise UserError(f"{folder} has {loaded.info.num_classes} class folders; ImageNet has 1000")
     return loaded
@@ -246,11 +277,32 @@ def class_indices(y: Any, where: str, num_classes: int | None = None) -> np.ndar
 
 # ---- folders and array files ----
 
+def folder_digest(root: Path, samples: Sequence[tuple[str, int]]) -> tuple[str, str]:
+    """(sha256, scope) of an image folder's examples in their order: each file's path below `root`, its
+    label and its bytes. Folders of more than FULL_CONTENT_FILES files or FULL_CONTENT_BYTES bytes: every
+    path, label and size, and the bytes of SAMPLED_FILES evenly spaced files (a full read of ImageNet's
+    6 GB would cost minutes on every run)."""
+    h = hashlib.sha256()
+    sizes = [os.path.getsize(p) for p, _ in samples]
+    whole = len(samples) <= FULL_CONTENT_FILES and sum(sizes) <= FULL_CONTENT_BYTES
+    step = 1 if whole else max(1, len(samples) // SAMPLED_FILES)
+    for i, ((p, label), size) in enumerate(zip(samples, sizes)):
+        rel = os.path.relpath(p, root).replace(os.sep, "/")
+        h.update(f"{rel}\0{label}\0{size}\0".encode())
+        if i % step == 0:
+            with open(p, "rb") as f:
+                h.update(f.read())
+    scope = "every file's path, label and bytes" if whole else \
+        f"every file's path, label and size, the bytes of every {step}th file"
+    return h.hexdigest(), scope
+
+
 def image_folder(path: Path, pre: Preprocess | None, *, name: str | None = None,
-                 eps: dict[str, tuple[float, ...]] | None = None) -> LoadedDataset:
+                 eps: dict[str, tuple[float, ...]] | None = None, identify: bool = True) -> LoadedDataset:
     """torchvision's ImageFolder (classes = sorted sub-folders). If every file name is an integer, the
     examples are ordered by it: exported test sets keep their official order that way, so
-    `--subset first` means the official first N."""
+    `--subset first` means the official first N. `identify`: named `NAME#digest` by its content (see the
+    module docstring), NAME = `name` or the folder's name; otherwise plainly `name` (a named set)."""
     from torchvision.datasets import ImageFolder
     try:
         ds = ImageFolder(str(path), transform=image_transform(pre))
@@ -266,8 +318,13 @@ def image_folder(path: Path, pre: Preprocess | None, *, name: str | None = None,
         raise UserError(f"image folder {path} holds no images")
     first = ds[0][0]
     channels, size = int(first.shape[0]), tuple(int(v) for v in first.shape[1:])
-    info = DatasetInfo(name or path.name, len(ds.classes), channels, tuple(ds.classes), size,  # type: ignore[arg-type]
-                       eps or _guess_eps(size))
+    digest = scope = None
+    shown = name or path.resolve().name
+    if identify:
+        digest, scope = folder_digest(path, ds.samples)
+        shown = identified(shown, digest)
+    info = DatasetInfo(shown, len(ds.classes), channels, tuple(ds.classes), size,  # type: ignore[arg-type]
+                       eps or _guess_eps(size), digest, scope)
     return LoadedDataset(ds, info)
 
 
@@ -277,9 +334,10 @@ def _guess_eps(size: Sequence[int]) -> dict[str, tuple[float, ...]]:
     return {"linf": _EPS_LINF_CIFAR, "l2": (0.25, 0.5)}
 
 
-def array_file(path: Path, pre: Preprocess | None) -> LoadedDataset:
+def array_file(path: Path, pre: Preprocess | None, *, name: str | None = None) -> LoadedDataset:
     """`.npz` with `x` and `y`, or `.npy` of images with `labels.npy` beside it. x: uint8 NHWC
-    (the CIFAR-10-C layout) or float NCHW in [0, 1]."""
+    (the CIFAR-10-C layout) or float NCHW in [0, 1]. Named `NAME#digest` of the arrays (NAME = `name` or
+    the file's stem)."""
     try:
         if path.suffix == ".npz":
             with np.load(path) as z:
@@ -315,21 +373,31 @@ def array_file(path: Path, pre: Preprocess | None) -> LoadedDataset:
             raise UserError(f"{path}: {t.shape[0]} images but {len(y)} labels")
     yt = torch.from_numpy(class_indices(y, str(path)))
     n_classes = int(yt.max()) + 1 if yt.numel() else 0
-    info = DatasetInfo(path.stem, n_classes, int(t.shape[1]), None, tuple(t.shape[2:]), _guess_eps(t.shape[2:]))
+    h = hashlib.sha256(f"{tuple(t.shape)}\0".encode())
+    h.update(t.contiguous().numpy().tobytes())
+    h.update(yt.numpy().astype("<i8").tobytes())
+    digest = h.hexdigest()
+    info = DatasetInfo(identified(name or path.stem, digest), n_classes, int(t.shape[1]), None, tuple(t.shape[2:]),
+                       _guess_eps(t.shape[2:]), digest, "the images (as [0, 1] floats) and labels")
     return LoadedDataset(TensorImages(t, yt, tensor_transform(pre)), info)
 
 
 def load_dataset(spec: str, *, data_dir: str | None = None, split: str = "test",
-                 preprocess: Preprocess | None = None, download: bool = True) -> LoadedDataset:
+                 preprocess: Preprocess | None = None, download: bool = True, name: str | None = None) -> LoadedDataset:
+    """`name` (`--dataset-name`): what an image folder or array file is called, before its digest."""
     if split not in ("test", "train"):
         raise UserError(f"split must be test or train, got {split!r}")
     check_dataset(spec)
+    name = check_dataset_name(name)
     if spec in _DATASETS:
+        if name is not None:
+            raise UserError(f"{spec} is a named data set and keeps its name; --dataset-name names an image folder "
+                            f"or an array file")
         return _DATASETS[spec].loader(Path(data_dir) if data_dir else None, split, preprocess, download)
     path = Path(spec)
     if path.is_dir():
-        return image_folder(path, preprocess)
-    return array_file(path, preprocess)
+        return image_folder(path, preprocess, name=name)
+    return array_file(path, preprocess, name=name)
 
 
 def check_dataset(spec: str, *, data_dir: str | None = None) -> None:

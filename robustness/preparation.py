@@ -243,7 +243,7 @@ def prepare(spec: RunSpec, attacks: Sequence[tuple[str, Any]], device: torch.dev
             corrupted.check(spec.corruptions, spec.severities, _labels(dataset))
         else:
             dataset = load_dataset(ds_name, data_dir=spec.data_dir, split=spec.split,
-                                   preprocess=loaded.info.preprocess)
+                                   preprocess=loaded.info.preprocess, name=spec.dataset_name)
         indices = select_indices(len(dataset), spec.n_examples, spec.subset, spec.seed)
         eps = spec.eps if spec.eps is not None else dataset.info.default_eps.get(norm)
         if not eps and spec.attacks:

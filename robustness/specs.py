@@ -63,6 +63,7 @@ class RunSpec:
     """Everything that determines a run's numbers. `check()` holds the cross-field rules."""
     models: tuple[str, ...] = ("digits-cnn", "digits-cnn-at")
     dataset: str | None = None
+    dataset_name: str | None = None              # an image folder's / array file's name (before its digest)
     data_dir: str | None = None
     split: str = "test"
     attacks: tuple[AttackSpec, ...] = (AttackSpec("fgsm"), AttackSpec("pgd"))
@@ -87,12 +88,17 @@ class RunSpec:
         d = asdict(self)
         d["attacks"] = [{"name": a.name, "params": dict(a.params), **({"label": a.label} if a.label else {})}
                         for a in self.attacks]
+        if d["dataset_name"] is None:   # absent unless used: the keys of runs stored before it stay the same
+            del d["dataset_name"]
         return d
 
     def check(self) -> "RunSpec":
         """Refuse combinations that would be accepted and then ignored or misread; returns self."""
         if not self.models:
             raise UserError("no model to evaluate")
+        if self.dataset_name is not None:
+            from .data import check_dataset_name
+            check_dataset_name(self.dataset_name)
         if not self.attacks and not self.corruptions:
             raise UserError("nothing to evaluate: give at least one attack or corruption")
         if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dataset", help="a named data set (see `robust-bench list datasets`), an image folder, or a "
                                      ".npz/.npy file (default: the model's own data set)")
     g.add_argument("--data-dir", help="root folder of a named data set (local copy; no download needed)")
+    g.add_argument("--dataset-name", help="what to call an image folder or .npz/.npy data set in results; its "
+                                          "content digest is appended (default: the folder's or file's name, "
+                                          "e.g. test#1f2e3d4c)")
     g.add_argument("--split", default="test", choices=("test", "train"), help="data split (default: test)")
     g.add_argument("--n-examples", type=positive_int, help="evaluate a deterministic subset of N examples")
     g.add_argument("--subset", default="random", choices=("random", "first"),
@@ -110,7 +113,8 @@ def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
     opts = ModelOptions(weights=args.weights, mean=parse_channels(args.mean, "mean"),
                         std=parse_channels(args.std, "std"), num_classes=args.num_classes,
                         allow_unsafe=args.unsafe_load, threat=_zoo_threat(norms[0]))
-    shared = dict(models=parse_list(args.model), data_dir=args.data_dir, batch_size=args.batch_size,
+    shared = dict(models=parse_list(args.model), data_dir=args.data_dir, dataset_name=args.dataset_name,
+                  batch_size=args.batch_size,
                   device=args.device, precision=args.precision, channels_last=args.channels_last,
                   model_options=opts, tag=args.tag)
     if getattr(args, "protocol", None):   # the protocol fixes data, examples, norm, eps and attacks
