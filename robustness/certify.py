@@ -253,6 +253,14 @@ class Certifier:
                                    self.spec.channels_last, cap=4096)
             self.batch_size = self.world.broadcast(size) if self.world.active else size
             self.log(f"--batch-size auto: {self.batch_size} noisy copies per forward pass")
+        for p in prepared:   # certificates stay valid under another sigma, but they are weak: say why
+            recipe = (p.model.info.extra or {}).get("recipe") or {}
+            if recipe.get("defense") == "gaussian" and recipe.get("sigma") != self.spec.sigma:
+                self.log(f"note: {p.label} was trained with Gaussian noise of sigma {recipe.get('sigma')}, certified "
+                         f"here at sigma {self.spec.sigma:g}")
+            elif recipe.get("defense") not in (None, "gaussian"):
+                self.log(f"note: {p.label} was trained with --defense {recipe.get('defense')}, not with Gaussian "
+                         f"noise: its smoothed classifier may abstain on most inputs (train --defense gaussian)")
         top = self.spec.max_radius()
         if any(r > top for r in self.spec.radii):
             self.log(f"note: with n={self.spec.n} and alpha={self.spec.alpha:g} no radius above {top:.3g} can be "

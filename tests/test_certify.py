@@ -389,3 +389,45 @@ def test_two_processes_equal_one_example_for_example(tmp_path):
     assert [s.smoothed_predictions(s.runs()[0].run_id, label) for s in preds][0] == \
         [s.smoothed_predictions(s.runs()[0].run_id, label) for s in preds][1]
     assert preds[1].runs()[0].metadata["world_size"] == 2
+
+
+# ---- train --defense gaussian: the base classifier smoothing needs ----
+
+def _noisy_accuracy(module, x, y, sigma, draws=8):
+    g = torch.Generator().manual_seed(123)
+    module.eval()
+    with torch.no_grad():
+        right = [(module(x + sigma * torch.randn(x.shape, generator=g)).argmax(1) == y).float().mean()
+                 for _ in range(draws)]
+    return float(torch.stack(right).mean())
+
+
+def test_train_gaussian_defense_makes_a_noise_robust_base_classifier(tmp_path, cli, digits):
+    """Gaussian augmentation (the paper's section 4) against standard training with the same budget:
+    accuracy on inputs with the noise of the smoothing must be clearly higher."""
+    from robustness.models import create_model
+    _, x, y = digits
+    common = ("train", "--dataset", "digits", "--arch", "digits-cnn", "--epochs", "6", "--val-size", "0",
+              "--seed", "1", "--quiet")
+    res = cli(*common, "--defense", "gaussian", "--sigma", "0.5", "--out", tmp_path / "g.pt")
+    assert res.code == 0, res
+    assert cli(*common, "--out", tmp_path / "s.pt").code == 0
+    loaded = create_model(str(tmp_path / "g.pt"))
+    meta = torch.load(tmp_path / "g.pt", weights_only=True)["meta"]
+    assert meta["recipe"]["defense"] == "gaussian" and meta["recipe"]["sigma"] == 0.5
+    gauss = _noisy_accuracy(loaded.module, x, y, 0.5)
+    standard = _noisy_accuracy(create_model(str(tmp_path / "s.pt")).module, x, y, 0.5)
+    # measured: 73.2% against 65.9% (8 noise draws on each of the 360 test digits, fixed seeds)
+    assert gauss > standard + 0.04, (gauss, standard)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (("--defense", "pgd", "--sigma", "0.25"), "--sigma"), (("--defense", "gaussian", "--sigma", "0"), "--sigma"),
+    (("--defense", "gaussian", "--steps", "3"), "--steps"),
+])
+def test_train_gaussian_bad_options_are_one_line(tmp_path, cli, extra, needle):
+    res = cli("train", "--dataset", "digits", "--arch", "digits-cnn", "--epochs", "1", *extra,
+              "--out", tmp_path / "x.pt")
+    assert res.code == 2, res
+    assert len(res.err.strip().splitlines()) == 1 and needle in res.err, res.err
+    assert not (tmp_path / "x.pt").exists()
