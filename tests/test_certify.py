@@ -431,3 +431,29 @@ def test_train_gaussian_bad_options_are_one_line(tmp_path, cli, extra, needle):
     assert res.code == 2, res
     assert len(res.err.strip().splitlines()) == 1 and needle in res.err, res.err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_consistency_rule_counts_contradictions_against_the_binomial_tail():
+    """k wrong-class answers among m examples certified at r fire once P(Binomial(m, 2 alpha) >= k) < 1%
+    (the tail summed by hand here); abstentions and examples certified below r never count."""
+    from leaderboards.store import Certified, SmoothedPrediction
+    from robustness.certify import CONSISTENCY_LEVEL, consistency_findings
+    m, alpha, r = 100, 0.001, 0.5
+
+    def tail(k):
+        p = 2 * alpha
+        return 1 - sum(math.comb(m, j) * p ** j * (1 - p) ** (m - j) for j in range(k))
+
+    certs = [Certified(i, 3, 3, 0.8, 0.99, 990, 1000) for i in range(m)] + \
+            [Certified(m + i, 3, 3, 0.3, 0.8, 800, 1000) for i in range(20)] + \
+            [Certified(200 + i, 3, None, None, 0.4, 400, 1000) for i in range(5)]
+    low = [SmoothedPrediction(m + i, 3, r, 5, 600, 300, 1e-9, 1000) for i in range(20)]   # not certified at r
+    abstained = [SmoothedPrediction(i, 3, r, None, 500, 480, 0.5, 1000) for i in range(50, 100)]
+    for k in range(0, 6):
+        wrong = [SmoothedPrediction(i, 3, r, 7, 700, 200, 1e-20, 1000) for i in range(k)]
+        found = consistency_findings("m", certs, wrong + low + abstained, alpha)
+        assert bool(found) == (k > 0 and tail(k) < CONSISTENCY_LEVEL), (k, tail(k), found)
+        if found:
+            assert found[0]["code"] == "empirical_below_certified" and found[0]["eps"] == r
+            assert f"{k} of the {m} examples" in found[0]["message"]
+    assert tail(2) > CONSISTENCY_LEVEL > tail(3)   # the rule is not vacuous at this size
