@@ -95,19 +95,22 @@ def test_224px_batch_invariance():
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_thread_count_does_not_change_the_result(name):
-    """Tensors above torch's grain size (32,768 elements) are split across intra-op threads; the
-    result must not depend on how.  (With fewer than 2 cores this still runs 2 threads.)"""
+    """With 2 threads the batch is cut into chunks run on 2 worker threads (and, were intra-op
+    threads used, tensors above torch's grain size would be split across them); the result must
+    not depend on it.  A batch-wide draw (generator=) must not be cut."""
     x = _images(4, 3, 96, 96)
     old = torch.get_num_threads()
     try:
         outs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            outs.append([corrupt(x, name, sev, seeds=SEEDS[:4]) for sev in (1, 3, 5)])
+            outs.append([corrupt(x, name, sev, seeds=SEEDS[:4]) for sev in (1, 3, 5)]
+                        + [corrupt(x, name, 3, generator=torch.Generator().manual_seed(0))])
+            assert torch.get_num_threads() == threads, "corrupt did not restore torch's thread count"
     finally:
         torch.set_num_threads(old)
-    for sev, a, b in zip((1, 3, 5), *outs):
-        assert torch.equal(a, b), f"{name} sev {sev}: 1 and 2 threads differ"
+    for what, a, b in zip(("seeds, sev 1", "seeds, sev 3", "seeds, sev 5", "generator"), *outs):
+        assert torch.equal(a, b), f"{name} ({what}): 1 and 2 threads differ"
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)

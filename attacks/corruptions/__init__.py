@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -157,6 +159,56 @@ def _intra_op_threads(n: Optional[int]):
         torch.set_num_threads(old)
 
 
+_CHUNK_VALUES = 1 << 19   # values per chunk: a few MB per temporary, cache- and allocator-friendly
+_MIN_CHUNK_VALUES = 1 << 15  # below this a chunk's Python overhead outweighs its work
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(workers, thread_name_prefix="corrupt"), workers
+        return _pool
+
+
+def _run_chunks(job: Callable[[int, int], None], xw: Tensor, splittable: bool) -> None:
+    """Run ``job(b0, b1)`` over the batch.
+
+    On CPU, every op runs with one intra-op thread (`_intra_op_threads`), and the parallelism is
+    over images instead: the batch is cut into chunks of about `_CHUNK_VALUES` values (at least
+    two per worker, for balance when some cores are busy), run by `torch.get_num_threads()`
+    Python threads -- torch releases the GIL inside each op, so they share no barrier and a
+    stalled thread delays only its own chunk.  Chunks are exact: with per-image draws an image's
+    result does not depend on its batch (tests/test_corruption_seeds.py).  A batch-wide draw
+    (``generator=`` with a random corruption) runs as one chunk on one thread.  Other devices:
+    one chunk, as before."""
+    B = xw.shape[0]
+    if xw.device.type != "cpu":
+        job(0, B)
+        return
+    workers = torch.get_num_threads()
+    per_image = max(1, xw[0].numel())
+    n = 1
+    if splittable:
+        n = max(-(-B * per_image // _CHUNK_VALUES), 2 * workers if workers > 1 else 1)
+        n = max(1, min(n, B, B * per_image // _MIN_CHUNK_VALUES))
+    bounds = [round(i * B / n) for i in range(n + 1)]
+    chunks = [(b0, b1) for b0, b1 in zip(bounds, bounds[1:]) if b1 > b0]
+    with _intra_op_threads(1):
+        if workers <= 1 or len(chunks) == 1:
+            for b0, b1 in chunks:
+                job(b0, b1)
+            return
+        futures = [_executor(workers).submit(job, b0, b1) for b0, b1 in chunks]
+        for f in futures:
+            f.result()
+
+
 def corrupt(x: Tensor, name: str, severity: int, *, generator: Optional[torch.Generator] = None,
             seeds=None, preset: Optional[str] = None) -> Tensor:
     """Apply corruption `name` at `severity` (1..5) to a batch of images (NCHW, [0, 1]).
@@ -190,13 +242,27 @@ def corrupt(x: Tensor, name: str, severity: int, *, generator: Optional[torch.Ge
     grey = xw.shape[1] == 1
     if grey and spec.rgb:
         xw = xw.expand(-1, 3, -1, -1)
-    rng = (SeededRNG(seed_arr, xw.device, work_dtype, salt=name) if seed_arr is not None
-           else RNG(generator, xw.device, work_dtype))
-    with _intra_op_threads(1 if xw.device.type == "cpu" else None):
-        y = spec.fn(xw.contiguous(), table.param(name, severity), rng, table)
-    if grey and spec.rgb:
-        y = rgb_to_gray(y)
-    y = y.clamp(0, 1).to(x.dtype)
+    param = table.param(name, severity)
+    if seed_arr is not None:
+        def rng_for(b0: int, b1: int):
+            return SeededRNG(seed_arr[b0:b1], xw.device, work_dtype, salt=name)
+    else:
+        shared = RNG(generator, xw.device, work_dtype)
+
+        def rng_for(b0: int, b1: int):
+            return shared
+    # images are independent when the draws are per image (or there are none): then the batch can
+    # be cut into chunks, run on a few threads (see `_run_chunks`); one batch-wide draw cannot be
+    splittable = seed_arr is not None or not spec.random
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+    def job(b0: int, b1: int) -> None:
+        out = spec.fn(xw[b0:b1].contiguous(), param, rng_for(b0, b1), table)
+        if grey and spec.rgb:
+            out = rgb_to_gray(out)
+        y[b0:b1] = out.clamp(0, 1)
+
+    _run_chunks(job, xw, splittable)
     return y.squeeze(0) if single else y
 
 

@@ -63,9 +63,7 @@ def pixelate(x: Tensor, c: float, rng: RNG, preset) -> Tensor:
     H, W = x.shape[-2:]
     h, w = max(int(H * c), 1), max(int(W * c), 1)
     small = resample_separable(x, pil_resample_matrix(H, h, "box"), pil_resample_matrix(W, w, "box"))
-    up = preset.variants["pixelate_up"]
-    if up == "nearest":  # PIL's nearest, floor((i + 0.5) * in / out), is torch's 'nearest-exact'
-        return F.interpolate(small, size=(H, W), mode="nearest-exact")
+    up = preset.variants["pixelate_up"]  # "nearest" (PIL's, floor((i + 0.5) * in / out)) or "box"
     return resample_separable(small, pil_resample_matrix(h, H, up), pil_resample_matrix(w, W, up))
 
 
