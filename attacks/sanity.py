@@ -29,6 +29,16 @@ Thresholds (the exact rules; constants below):
   finds). `details_checks` applies the same rule inside a composite attack (AutoAttack's Square
   breaking examples its gradient attacks missed).
 Rows of kind "worst_case" (the engine's combination of attacks) take part only in the eps check.
+
+Plausibility (per model, from the rows' clean accuracy, the data's class count and what the checkpoint
+itself records; docs/CHECKS.md):
+- clean_near_chance: with k >= 2 classes, chance c = 1/k and t = min(1.5 c, c + 0.1), the clean accuracy
+  is not beyond noise above t (10 classes: at most 16.5% on many examples).
+- robust_equals_clean: every attack row (not the worst case) at every eps > 0 of one norm keeps exactly
+  the clean-correct examples, and there are at least ROBUST_EQUALS_MIN_CLEAN of them.
+- clean_below_recorded: the clean accuracy is more than FAR_BELOW_POINTS below the accuracy the checkpoint
+  records (e.g. `best_prec1`), and that gap is beyond RECORDED_Z standard errors of the two measurements
+  (the recorded one's counted only when its number of examples is known).
 """
 from __future__ import annotations
 
@@ -53,11 +63,28 @@ NOISE_EXAMPLES = 2
 LARGE_LINF_EPS = 0.5
 LARGE_EPS_MAX_ACC = 0.10
 STRONG_MIN_STEPS = 5
+CHANCE_FACTOR, CHANCE_MARGIN = 1.5, 0.10
+ROBUST_EQUALS_MIN_CLEAN = 10
+FAR_BELOW_POINTS = 0.10
+RECORDED_Z = 2.576   # one-sided, p < 0.005
 COMBINED = "worst_case"   # ResultRow.kind of a combination of attacks (the engine's worst case)
 
 CODES = ("probability_outputs", "randomized_forward", "gradient_masking", "non_monotone_eps",
          "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box",
          "sub_attack_skipped", "package_warning")
+
+
+# the plausibility checks of a model's numbers (`result_checks`, rows with clean_accuracy / recorded)
+PLAUSIBILITY_CODES = ("clean_near_chance", "robust_equals_clean", "clean_below_recorded")
+CODES = CODES + PLAUSIBILITY_CODES
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An accuracy the model's own file records (a fraction), on `n` examples if known, and where it was read."""
+    accuracy: float
+    n: int | None = None
+    source: str = "the checkpoint"
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,8 @@ class ResultRow:
     n_classes: int | None = None
     input_dim: int | None = None
     kind: str = "adversarial"   # or "worst_case": the engine's combination of the other rows
+    clean_accuracy: float | None = None   # of the model on the same examples (the plausibility checks)
+    recorded: Recorded | None = None      # the accuracy the model's file records
 
 
 # ---- model checks ----
@@ -184,10 +213,24 @@ def as_row(obj: Any) -> ResultRow:
     kind = str(_get(obj, "kind", "adversarial"))
     if white is None:
         white = True if kind == COMBINED else _registry_white_box(attack)
+    clean = _get(obj, "clean_accuracy")
     return ResultRow(model=str(_get(obj, "model")), attack=attack, eps=float(_get(obj, "eps")),
                      accuracy=float(_get(obj, "accuracy")), n=int(_get(obj, "n")), norm=str(_get(obj, "norm", "linf")),
                      white_box=bool(white), steps=None if steps is None else int(steps),
-                     n_classes=_get(obj, "n_classes"), input_dim=_get(obj, "input_dim"), kind=kind)
+                     n_classes=_get(obj, "n_classes"), input_dim=_get(obj, "input_dim"), kind=kind,
+                     clean_accuracy=None if clean is None else float(clean), recorded=_recorded(_get(obj, "recorded")))
+
+
+def _recorded(v: Any) -> Recorded | None:
+    """A Recorded from a Recorded or a mapping {accuracy, n, source} (a model's extra["recorded_accuracy"])."""
+    if v is None or isinstance(v, Recorded):
+        return v
+    acc = _get(v, "accuracy")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= float(acc) <= 1:
+        return None
+    n = _get(v, "n")
+    return Recorded(float(acc), int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None,
+                    str(_get(v, "source") or "the checkpoint"))
 
 
 def _registry_white_box(attack: str) -> bool:
@@ -231,6 +274,60 @@ def result_checks(rows: Iterable[Any]) -> list[Finding]:
     out += _weaker_stronger(rs)
     out += _large_eps(rs)
     out += _black_box(rs)
+    out += plausibility_checks(rs)
+    return out
+
+
+def plausibility_checks(rows: Iterable[Any]) -> list[Finding]:
+    """Numbers no working evaluation gives: a clean accuracy near chance or far below the one the checkpoint
+    records, robust accuracy equal to clean at every eps (the rules in the module docstring)."""
+    rs = [as_row(r) for r in rows]
+    out: list[Finding] = []
+    by_model: dict[str, list[ResultRow]] = defaultdict(list)
+    for r in rs:
+        if r.clean_accuracy is not None:
+            by_model[r.model].append(r)
+    for model, g in by_model.items():
+        first = g[0]
+        clean, n = first.clean_accuracy, first.n
+        assert clean is not None
+        k = first.n_classes
+        if k and k >= 2 and n > 0:
+            chance = 1.0 / k
+            bound = min(CHANCE_FACTOR * chance, chance + CHANCE_MARGIN)
+            if not beyond_noise(clean, bound, n, n):
+                out.append(Finding(
+                    "clean_near_chance",
+                    f"clean accuracy {_pct(clean)} on {n} examples is close to chance ({_pct(chance)} for {k} classes): "
+                    "the model is not doing its task on these images, so its robust accuracy means nothing; check the "
+                    "weights were loaded (a random initialization), the normalization (--mean/--std), the input scale "
+                    "([0, 1] pixels), the class order and that the data set is the one the model was trained for",
+                    model=model))
+        rec = first.recorded
+        if rec is not None and n > 0 and rec.accuracy - clean > FAR_BELOW_POINTS:
+            var = clean * (1 - clean) / n + (rec.accuracy * (1 - rec.accuracy) / rec.n if rec.n else 0.0)
+            z = (rec.accuracy - clean) / math.sqrt(var) if var > 0 else math.inf
+            if z > RECORDED_Z:
+                out.append(Finding(
+                    "clean_below_recorded",
+                    f"clean accuracy {_pct(clean)} on {n} examples is far below the {_pct(rec.accuracy)} that "
+                    f"{rec.source} records: the model is not seeing its inputs as in training; check the normalization "
+                    "(--mean/--std), the input scale ([0, 1] pixels), channel and class order, the resize/crop, and "
+                    "that these are the images it was evaluated on", model=model))
+        for norm in sorted({r.norm for r in g}):
+            attacked = [r for r in g if r.norm == norm and r.kind != COMBINED and r.eps > 0]
+            k_clean = round(clean * n)
+            if attacked and k_clean >= ROBUST_EQUALS_MIN_CLEAN and \
+                    all(round(r.accuracy * r.n) == k_clean and r.n == n for r in attacked):
+                names = ", ".join(sorted({r.attack for r in attacked}))
+                eps = ", ".join(f"{e:g}" for e in sorted({r.eps for r in attacked}))
+                out.append(Finding(
+                    "robust_equals_clean",
+                    f"no attack ({names}) changed a single prediction at any eps ({eps}; {norm}): all {k_clean} "
+                    "clean-correct examples survived everything. Real models lose examples as eps grows; suspect the "
+                    "attacks never reached the model's decision (eps far too small for the input scale, inputs "
+                    "clamped or quantized inside the model, a forward that ignores its input's perturbation) before "
+                    "calling it robust; check with a much larger eps, where accuracy must fall", model=model))
     return out
 
 
@@ -346,5 +443,6 @@ def details_checks(details: Mapping[str, Any] | None, n: int, *, model: str | No
     return out
 
 
-__all__ = ["CODES", "Finding", "ResultRow", "as_row", "beyond_noise", "details_checks", "family", "model_checks",
+__all__ = ["CODES", "Finding", "PLAUSIBILITY_CODES", "Recorded", "ResultRow", "as_row", "beyond_noise",
+           "details_checks", "family", "model_checks", "plausibility_checks",
            "result_checks"]

@@ -302,7 +302,8 @@ class Evaluator:
             c, (h, w) = p.data.info.channels, (p.data.info.image_size or (0, 0))
             rows.append({"model": r.model, "attack": r.attack, "eps": r.eps, "accuracy": r.accuracy, "n": r.n,
                          "norm": r.norm, "params": r.params, "n_classes": p.data.info.num_classes,
-                         "input_dim": c * h * w or None, "kind": r.kind})
+                         "input_dim": c * h * w or None, "kind": r.kind, "clean_accuracy": r.clean_accuracy,
+                         "recorded": p.model.info.extra.get("recorded_accuracy")})
             b = r.breakdown or {}
             for s in b.get("skipped") or []:
                 key = ("skip", r.model, f"{r.attack}/{s.get('name')}")

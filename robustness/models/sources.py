@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import os
 import pickle
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -42,6 +43,35 @@ def _normalize(module: nn.Module, mean, std) -> nn.Module:
         return Normalized(module, mean, std)
     except ValueError as e:
         raise UserError(f"bad normalization: {e}") from None
+
+
+# accuracy keys other projects' checkpoints carry (akamaster's CIFAR ResNets: best_prec1 in percent)
+_ACCURACY_KEYS = ("best_prec1", "best_acc1", "best_acc", "test_acc", "test_accuracy", "val_acc", "accuracy", "acc")
+
+
+def recorded_accuracy(blob: Any, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The accuracy a checkpoint file records about itself, as a fraction, and where it was read: the runs'
+    clean accuracy is checked against it (attacks.sanity clean_below_recorded). Values above 1 are percent."""
+    if not isinstance(blob, Mapping):
+        return None
+    for key in _ACCURACY_KEYS:
+        v = blob.get(key)
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 100:
+            return {"accuracy": round(float(v) / 100 if v > 1 else float(v), 6), "n": None,
+                    "source": f"{Path(path).name} ({key} = {v:.6g})"}
+    return None
+
+
+def _own_recorded(meta: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """A checkpoint of ours records the clean accuracy on its validation split (metrics.val_clean)."""
+    m = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
+    v, n = m.get("val_clean"), m.get("val_n")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+        return {"accuracy": float(v), "n": int(n) if isinstance(n, int) and n > 0 else None,
+                "source": f"{Path(path).name} (metrics.val_clean, on its validation split)"}
+    return None
 
 
 # ---- our own checkpoints (the built-ins are such files) ----
@@ -75,7 +105,8 @@ def from_own_checkpoint(blob: dict[str, Any], path: str, name: str, opts: ModelO
                      weights_sha256=state_dict_sha256(blob["state_dict"]), weights_path=str(path),
                      extra={**{k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
                                                                     "trained_with", "threat_model", "training_failure")},
-                            "arch_kwargs": kwargs})
+                            "arch_kwargs": kwargs,
+                            **({"recorded_accuracy": rec} if (rec := _own_recorded(meta, path)) else {})})
     return LoadedModel(module, info)
 
 
@@ -207,16 +238,21 @@ def from_python(spec: str, opts: ModelOptions) -> LoadedModel:
     if not isinstance(net, nn.Module):
         raise UserError(f"{spec} returned {type(net).__name__}, not a torch.nn.Module")
     sha = None
+    extra: dict[str, Any] = {}
     if opts.weights:
-        state = extract_state_dict(load_file(opts.weights, allow_unsafe=opts.allow_unsafe), opts.weights)
+        blob = load_file(opts.weights, allow_unsafe=opts.allow_unsafe)
+        state = extract_state_dict(blob, opts.weights)
         load_into(net, state, opts.weights)
         sha = state_dict_sha256(state)
+        rec = recorded_accuracy(blob, opts.weights)
+        if rec:
+            extra["recorded_accuracy"] = rec
     else:
         sha = state_dict_sha256(net)
     net = _normalize(net, opts.mean, opts.std)
     info = ModelInfo(name=f"{path.stem}:{factory}", source="file", arch=f"{path.name}:{factory}",
                      num_classes=opts.num_classes, mean=opts.mean, std=opts.std, weights_sha256=sha,
-                     weights_path=opts.weights)
+                     weights_path=opts.weights, extra=extra)
     return LoadedModel(net, info)
 
 
