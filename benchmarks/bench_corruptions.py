@@ -1,15 +1,28 @@
 """Throughput of attacks.corruptions vs the reference ``imagecorruptions``, per corruption, at 32 px
-(CIFAR-10 test images) and 224 px (the same images, bicubic-upsampled), in one process.
+(CIFAR-10 test images) and 224 px (the same images, bicubic-upsampled), side by side in one process.
 
-    .venv/bin/python benchmarks/bench_corruptions.py [--n-ref 24] [--n-ours 100] [--sizes 32,224]
+    .venv/bin/python benchmarks/bench_corruptions.py [--n-ref 12] [--n-ours 256] [--n-ours-224 64]
+                                                     [--sizes 32,224] [--repeats 3] [--names a,b]
 
-Both sides get the same images and the ImageNet-C severity tables, with severities cycling
-1..5 so every severity weighs equally.  The reference runs image by image as it must (uint8 HWC
-numpy in, numpy out), on `--n-ref` images, once; ours runs on a batch of `--n-ours` images
-(float NCHW tensor), once per severity, `--repeats` times, and the median is reported (the first
-call, which builds cached kernels, is not timed).  Conversions to and from tensors are
-included on our side.  "the 15 together" divides the summed per-image times of the 15 standard
-corruptions: the throughput of a job that applies all of them.
+Like for like:
+
+* the same images (the reference runs on the first `--n-ref` of the images ours gets), the
+  ImageNet-C severity tables, severities cycling 1..5 so each weighs the same;
+* both sides warmed up (one untimed call per corruption: the reference reads its frost
+  photographs and fills its caches, ours builds its kernels) and timed as the median of
+  `--repeats` passes, interleaved (reference, ours, reference, ours, ...), so both see the same
+  machine load;
+* two thread settings, each applied to both sides: "1 thread" (torch.set_num_threads(1);
+  cv2.setNumThreads(1) and BLAS limited to 1 thread via threadpoolctl for the reference) and
+  "default" (whatever the libraries choose by themselves: torch's default intra-op count, which
+  ours turns into that many worker threads over chunks of the batch, cv2's and BLAS's defaults);
+* uint8 HWC in, uint8 HWC out on both sides: ours includes the conversion to a float NCHW tensor
+  and back.  The reference runs image by image as it must; ours on a batch, with one seed per
+  image (`seeds=`, as the engine runs it).  A last column times ours at 1 thread with one
+  `generator` per batch instead: the cost of per-example randomness.
+
+"the 15 together" divides the summed per-image times of the 15 standard corruptions: the
+throughput of a job that applies all of them.  Wall-clock times; the load average is printed.
 
 The reference needs two compatibility patches with current numpy / scikit-image (the same as
 tests/test_corruptions.py): ``skimage.filters.gaussian(multichannel=True)`` -> ``channel_axis=-1``
@@ -18,6 +31,7 @@ and ``np.float_`` -> ``np.float64``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -32,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attacks.corruptions import CORRUPTIONS, STANDARD, corrupt, frost_source  # noqa: E402
+from attacks.corruptions import CORRUPTIONS, STANDARD, corrupt, provenance  # noqa: E402
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -75,8 +89,37 @@ def patch_reference():
     return imagecorruptions
 
 
-def time_reference(ic, imgs: np.ndarray, name: str) -> float:
-    """Seconds per image."""
+@contextlib.contextmanager
+def thread_setting(one: bool):
+    """Both sides on one thread (torch, OpenCV, BLAS), or everything at its own default."""
+    if not one:
+        yield
+        return
+    old_torch = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        import cv2
+        old_cv2 = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+    except ImportError:
+        cv2 = None
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=1)
+    except ImportError:
+        limits = None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        if cv2 is not None:
+            cv2.setNumThreads(old_cv2)
+        if limits is not None:
+            limits.restore_original_limits()
+
+
+def run_reference(ic, imgs: np.ndarray, name: str) -> float:
+    """Seconds per image for one pass."""
     np.random.seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -86,64 +129,82 @@ def time_reference(ic, imgs: np.ndarray, name: str) -> float:
         return (time.perf_counter() - t) / len(imgs)
 
 
-def time_ours(imgs: np.ndarray, name: str, repeats: int) -> float:
-    """Seconds per image (median over repeats of a pass over severities 1..5)."""
-    g = torch.Generator().manual_seed(0)
-
-    def one_pass():
-        for sev in range(1, 6):
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255)
-            y = corrupt(x, name, sev, generator=g, preset="imagenet-c")
-            (y * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-    corrupt(torch.from_numpy(imgs[:2]).permute(0, 3, 1, 2).float() / 255, name, 3, generator=g, preset="imagenet-c")
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        one_pass()
-        times.append((time.perf_counter() - t) / (5 * len(imgs)))
-    return statistics.median(times)
+def run_ours(imgs: np.ndarray, name: str, randomness: str = "seeds") -> float:
+    """Seconds per image for one pass over severities 1..5 (conversions included)."""
+    n = len(imgs)
+    t = time.perf_counter()
+    for sev in range(1, 6):
+        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255)
+        if randomness == "seeds":
+            y = corrupt(x, name, sev, seeds=torch.arange(n) + 1000 * sev, preset="imagenet-c")
+        else:
+            y = corrupt(x, name, sev, generator=torch.Generator().manual_seed(sev), preset="imagenet-c")
+        (y * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return (time.perf_counter() - t) / (5 * n)
 
 
 def _rate(seconds_per_image: float) -> str:
+    if not np.isfinite(seconds_per_image):
+        return "n/a"
     r = 1.0 / seconds_per_image
     return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n-ref", type=int, default=24, help="images for the reference, per corruption and size")
-    ap.add_argument("--n-ours", type=int, default=100, help="batch size for ours")
-    ap.add_argument("--n-ours-224", type=int, default=40, help="batch size for ours at 224 px")
+    ap.add_argument("--n-ref", type=int, default=12, help="images for the reference, per corruption and size")
+    ap.add_argument("--n-ours", type=int, default=256, help="batch size for ours at 32 px")
+    ap.add_argument("--n-ours-224", type=int, default=64, help="batch size for ours at larger sizes")
     ap.add_argument("--sizes", default="32,224")
     ap.add_argument("--names", default=",".join(CORRUPTIONS))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     ic = patch_reference()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  python {platform.python_version()}  torch {torch.__version__} "
-          f"threads {torch.get_num_threads()}  cpus {os.cpu_count()}  load {os.getloadavg()[0]:.2f}  "
-          f"frost source: {frost_source()}  reference: {'imagecorruptions' if ic else 'not installed'}")
+    if ic is None:
+        print("imagecorruptions is not installed: reference columns are n/a", file=sys.stderr)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  python {platform.python_version()}  torch {torch.__version__}  "
+          f"default torch threads {torch.get_num_threads()}  cpus {os.cpu_count()}  "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}  frost: {provenance('frost')}")
+    print(f"# command: {' '.join([Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:]))}")
     for size in (int(s) for s in args.sizes.split(",")):
         n_ours = args.n_ours if size <= 64 else args.n_ours_224
         imgs = load_images(max(n_ours, args.n_ref), size)
-        print(f"\n## {size} px  (reference: {args.n_ref} images, ours: batches of {n_ours})\n")
-        print(f"| corruption | reference img/s | ours img/s | speed-up |")
-        print(f"|---|---:|---:|---:|")
-        tot_ref = tot_ours = 0.0
+        ours_imgs, ref_imgs = imgs[:n_ours], imgs[:args.n_ref]
+        load0 = os.getloadavg()
+        print(f"\n## {size} px  (reference: the first {args.n_ref} images, one at a time; ours: batches of {n_ours}; "
+              f"median of {args.repeats}; load average at start {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f})\n")
+        print("| corruption | ref img/s (1 thread) | ours img/s (1 thread) | ratio | ref img/s (default) | "
+              "ours img/s (default) | ratio | ours, one generator per batch (1 thread) | per-example cost |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        tot = {k: 0.0 for k in ("r1", "o1", "rd", "od", "g1")}
         for name in names:
-            t_ours = time_ours(imgs[:n_ours], name, args.repeats)
-            t_ref = time_reference(ic, imgs[:args.n_ref], name) if ic else float("nan")
+            for one in (True, False):  # warm-up, both sides, both settings
+                with thread_setting(one):
+                    if ic:
+                        run_reference(ic, ref_imgs[:2], name)
+                    run_ours(ours_imgs[: min(8, n_ours)], name)
+            t = {k: [] for k in tot}
+            for _ in range(args.repeats):
+                with thread_setting(True):
+                    t["r1"].append(run_reference(ic, ref_imgs, name) if ic else float("nan"))
+                    t["o1"].append(run_ours(ours_imgs, name))
+                    t["g1"].append(run_ours(ours_imgs, name, "generator"))
+                with thread_setting(False):
+                    t["rd"].append(run_reference(ic, ref_imgs, name) if ic else float("nan"))
+                    t["od"].append(run_ours(ours_imgs, name))
+            m = {k: statistics.median(v) for k, v in t.items()}
             if name in STANDARD:
-                tot_ref += t_ref
-                tot_ours += t_ours
-            print(f"| {name} | {_rate(t_ref)} | {_rate(t_ours)} | {t_ref / t_ours:.1f}x |", flush=True)
+                for k in tot:
+                    tot[k] += m[k]
+            print(f"| {name} | {_rate(m['r1'])} | {_rate(m['o1'])} | {m['r1'] / m['o1']:.1f}x | {_rate(m['rd'])} | "
+                  f"{_rate(m['od'])} | {m['rd'] / m['od']:.1f}x | {_rate(m['g1'])} | {m['o1'] / m['g1']:.2f} |", flush=True)
         if all(n in names for n in STANDARD):
-            print(f"| **the 15 together** | {_rate(tot_ref)} | {_rate(tot_ours)} | **{tot_ref / tot_ours:.1f}x** |")
-    print(f"\n# load at the end {os.getloadavg()[0]:.2f}")
+            print(f"| **the 15 together** | {_rate(tot['r1'])} | {_rate(tot['o1'])} | **{tot['r1'] / tot['o1']:.1f}x** | "
+                  f"{_rate(tot['rd'])} | {_rate(tot['od'])} | **{tot['rd'] / tot['od']:.1f}x** | {_rate(tot['g1'])} | "
+                  f"{tot['o1'] / tot['g1']:.2f} |")
+        load1 = os.getloadavg()
+        print(f"\nload average at end {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f}")
     return 0
 
 
