@@ -213,6 +213,13 @@ class GaussianAugmentation(Recipe):
     def __post_init__(self) -> None:
         _check(self.sigma)
 
+    @property
+    def validation_noise(self) -> float:
+        """Validation measures accuracy under this noise (the trainer's hook): a model trained for noisy
+        inputs may fail on clean ones (its batch-norm statistics are the noisy images'), and it is only
+        ever used under noise."""
+        return self.sigma
+
     def inputs(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                rnd: BatchRandom) -> tuple[torch.Tensor, ...]:
         return (x + self.sigma * rnd.normal(*x.shape[1:]).to(device=x.device, dtype=x.dtype),)

@@ -457,3 +457,28 @@ def test_consistency_rule_counts_contradictions_against_the_binomial_tail():
             assert found[0]["code"] == "empirical_below_certified" and found[0]["eps"] == r
             assert f"{k} of the {m} examples" in found[0]["message"]
     assert tail(2) > CONSISTENCY_LEVEL > tail(3)   # the rule is not vacuous at this size
+
+
+class OnTheGrid(nn.Module):
+    """Right on the digits' own pixels (multiples of 1/16), wrong once anything moved them: a model whose
+    accuracy tells apart clean and noisy inputs exactly."""
+
+    def forward(self, x):
+        clean = ((x * 16 - (x * 16).round()).abs() < 1e-4).flatten(1).all(1)
+        out = torch.zeros(x.shape[0], 10)
+        out[clean, 0] = 1.0
+        out[~clean, 1] = 1.0
+        return out
+
+
+def test_gaussian_training_validates_under_its_noise(digits):
+    """What smoothing certifies is the model under noise, so that is what validation (best-epoch choice
+    and the failure diagnosis) must measure for --defense gaussian; other recipes validate clean inputs."""
+    from defenses import Standard, TensorData, TrainConfig, Trainer
+    _, x, y = digits
+    x, y = x[:64], torch.zeros(64, dtype=torch.long)
+    data = TensorData(x, y)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.0, val_eps=0.0)
+    assert Trainer(OnTheGrid(), Standard(), cfg, data, (x, y)).validate(OnTheGrid())["val_clean"] == 1.0
+    got = Trainer(OnTheGrid(), GaussianAugmentation(sigma=0.25), cfg, data, (x, y)).validate(OnTheGrid())
+    assert got["val_clean"] == 0.0 and got["val_pgd"] is None
