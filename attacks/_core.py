@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from .errors import AttackConfigError
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l1", "l0")   # l0: eps counts pixels (all channels of a position), see attacks/sparse.py
 
 _NORM_ALIASES = {"linf": "linf", "l-inf": "linf", "inf": "linf", "li": "linf",
-                 "l2": "l2", "2": "l2"}
+                 "l2": "l2", "2": "l2", "l1": "l1", "1": "l1", "l0": "l0", "0": "l0"}
 
 
 def canonical_norm(norm: str) -> str:
@@ -35,6 +35,8 @@ def check_eps(eps: float, norm: str) -> None:
         raise AttackConfigError(f"eps must be >= 0, got {eps}")
     if canonical_norm(norm) == "linf" and eps > 1:
         raise AttackConfigError(f"an L-inf eps of {eps} exceeds the [0, 1] pixel range; did you mean {eps}/255?")
+    if canonical_norm(norm) == "l0" and eps != int(eps):
+        raise AttackConfigError(f"an L0 eps counts pixels, a whole number; got {eps}")
 
 
 def require_counts(attack: object, *names: str) -> None:
@@ -56,7 +58,49 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "l2":
         scale = (eps / (_flat_norm(delta) + 1e-12)).clamp(max=1.0)
         return delta * scale
+    if norm == "l1":
+        return project_l1(delta, eps)
+    if norm == "l0":
+        return project_l0(delta, eps)
     raise AttackConfigError(f"unknown norm {norm!r}")
+
+
+def project_l1(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Nearest point of the L1 ball: soft-thresholding at the lam where the L1 norm is eps, lam by
+    bisection in float64 (the upper end, so the result is inside the ball). With the box as well, see
+    attacks/l1.py `project_l1_box` (projecting here and clipping after stays feasible, not nearest)."""
+    v = delta.detach().flatten(1).double()
+    a = v.abs()
+    over = a.sum(1) > eps
+    if over.any():
+        ao = a[over]
+        lo = torch.zeros(ao.shape[0], 1, dtype=torch.float64, device=delta.device)
+        hi = ao.max(1, keepdim=True).values
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            big = (ao - mid).clamp(min=0).sum(1, keepdim=True) > eps
+            lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+        a = a.clone()
+        a[over] = (ao - hi).clamp(min=0)
+    return (torch.sign(v) * a).to(delta.dtype).view_as(delta)
+
+
+def project_l0(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Nearest point with at most eps changed pixel positions (NCHW: all channels of a position count
+    once; other shapes: coordinates): the eps positions of largest squared change kept, the rest zeroed."""
+    k = int(eps)
+    mag = delta.detach().double() ** 2
+    if delta.dim() == 4:
+        mag = mag.sum(1)
+    mag = mag.flatten(1)
+    if k >= mag.shape[1]:
+        return delta
+    keep = torch.zeros_like(mag, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, mag.topk(k, dim=1).indices, True)
+    keep &= mag > 0
+    mask = keep.view(delta.shape[0], *delta.shape[2:])[:, None] if delta.dim() == 4 else keep.view_as(delta)
+    return delta * mask.to(delta.dtype)
 
 
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:

@@ -20,9 +20,14 @@ class AttackEntry:
     batch_dependent: bool = False
 
     def parameters(self) -> dict[str, Any]:
-        """Declared arguments and their defaults."""
+        """Declared arguments and their defaults, and `eot`, which every attack takes (attacks/eot.py)."""
+        own = self.declared()
+        return own if "eot" in own else {**own, "eot": 1}
+
+    def declared(self) -> dict[str, Any]:
+        """The builder's own arguments and their defaults."""
         if dataclasses.is_dataclass(self.builder):
-            return {f.name: f.default for f in dataclasses.fields(self.builder)}
+            return {f.name: f.default for f in dataclasses.fields(self.builder) if not f.name.startswith("_")}
         sig = inspect.signature(self.builder)
         return {k: (None if p.default is inspect.Parameter.empty else p.default)
                 for k, p in sig.parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}

@@ -7,17 +7,23 @@ number per batch), so an example's outcome depends on which examples share its b
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Callable
 
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack
 from .autoattack_package import AutoAttackPackage
+from .bpda import BPDA
 from .entry import AttackEntry
+from .eot import EOT, with_eot
 from .errors import AttackConfigError
 from .fab import FAB
 from .fgsm import FGSM
+from .l1 import PGDL1
 from .pgd import PGD
+from .sparse import SparseRS
 from .square import Square, SquareFromPackage
+from .transfer import transfer_entry
 
 
 _REGISTRY: dict[str, AttackEntry] = {}
@@ -56,11 +62,13 @@ def get_attack_entry(name: str) -> AttackEntry:
 
 
 def create_attack(name: str, **params: Any) -> Any:
-    """Build an attack, dropping None values and arguments the attack does not declare."""
+    """Build an attack, dropping None values and arguments the attack does not declare; eot=N > 1 wraps
+    it in EOT (an attack that declares eot itself gets it instead)."""
     entry = get_attack_entry(name)
     accepted = entry.parameters()
     kwargs = {k: v for k, v in params.items() if v is not None and k in accepted}
-    return entry.builder(**kwargs)
+    eot = None if "eot" in entry.declared() else kwargs.pop("eot", None)
+    return with_eot(entry.builder(**kwargs), eot)
 
 
 register_attack("fgsm", FGSM, norms=("linf", "l2"),
@@ -81,6 +89,11 @@ register_attack("square-package", SquareFromPackage, norms=("linf", "l2"), white
 register_attack("autoattack", AutoAttack, norms=("linf", "l2"),
                 description="AutoAttack, our implementation: APGD-CE, APGD-T, FAB-T, Square, worst case per "
                             "example (Croce & Hein 2020); version=standard|plus|rand")
+register_attack("pgd-l1", PGDL1, norms=("l1",),
+                description="L1 PGD: sparse steepest-ascent steps (SLIDE, Tramer & Boneh 2019), exact projection "
+                            "onto the L1 ball and the box (Croce & Hein 2021)")
+register_attack("sparse-rs", SparseRS, norms=("l0",), white_box=False,
+                description="Sparse-RS, score-based random search over k pixels (L0: eps pixels; Croce et al. 2022)")
 register_attack("autoattack-package", AutoAttackPackage, norms=("linf", "l2"), batch_dependent=True,
                 description="AutoAttack, the reference package (pyautoattack) called as it is; version=standard|plus|rand")
 
@@ -92,3 +105,28 @@ def _torchattacks(name: str) -> AttackEntry:
 
 
 register_resolver("torchattacks", _torchattacks)
+
+
+def _wrapping(prefix: str, wrap: Callable[..., Any], extra: dict[str, Any],
+              description: str) -> Callable[[str], AttackEntry]:
+    """A family PREFIX:NAME: attack NAME wrapped by `wrap`, taking NAME's arguments and `extra`'s."""
+    def resolve(rest: str) -> AttackEntry:
+        inner = get_attack_entry(rest)
+        params = {**inner.parameters(), **extra}
+
+        def build(**kw: Any) -> Any:
+            own = {k: kw.pop(k, default) for k, default in extra.items()}
+            return wrap(create_attack(rest, **kw), **own)
+        build.__signature__ = inspect.Signature(   # type: ignore[attr-defined]
+            [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in params.items()])
+        return AttackEntry(f"{prefix}:{rest}", build, inner.norms, f"{description} {rest}", inner.white_box,
+                           inner.batch_dependent)
+    return resolve
+
+
+# adaptive attacks (docs/CHECKS.md): each a row of its own, named after the attack it adapts
+register_resolver("eot", _wrapping("eot", lambda a, eot: EOT(a, eot), {"eot": 20},
+                                   "expectation over transformation (20 passes per model call) of"))
+register_resolver("bpda", _wrapping("bpda", lambda a, bpda: BPDA(a, bpda), {"bpda": "auto"},
+                                    "BPDA (identity on the backward pass of the masking parts) around"))
+register_resolver("transfer", transfer_entry)   # surrogates by name: the harness sets the loader

@@ -71,7 +71,7 @@ COMBINED = "worst_case"   # ResultRow.kind of a combination of attacks (the engi
 
 CODES = ("probability_outputs", "randomized_forward", "gradient_masking", "non_monotone_eps",
          "weaker_attack_stronger", "not_zero_at_large_eps", "black_box_beats_white_box",
-         "sub_attack_skipped", "package_warning")
+         "sub_attack_skipped", "package_warning", "adaptive_attack_stronger")
 
 
 # the plausibility checks of a model's numbers (`result_checks`, rows with clean_accuracy / recorded)

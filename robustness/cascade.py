@@ -55,7 +55,9 @@ _ROUNDING = 2.0 ** -22
 
 def threat_model_excess(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> str | None:
     """None if x_adv is a point of the threat model around x (shape, finite, [0, 1], inside the eps-ball
-    up to float32 rounding of the projection); otherwise what is wrong, with the excess, in words."""
+    up to float32 rounding of the projection); otherwise what is wrong, with the excess, in words.
+    l1: the sum of |changes| (each pixel's rounding slack added up); l0: eps counts pixel positions
+    (all channels of one; coordinates for inputs that are not NCHW images) that changed beyond rounding."""
     if tuple(x_adv.shape) != tuple(x.shape):
         return f"returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}"
     if not x_adv.is_floating_point():
@@ -79,6 +81,17 @@ def threat_model_excess(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: 
     elif norm == "l2":
         size = d.norm(dim=1)
         bad = size > eps * (1 + 1e-5) + slack.norm(dim=1)
+    elif norm == "l1":
+        # the rounding of each pixel adds up: the slack vector's L1 norm
+        size = d.abs().sum(1)
+        bad = size > eps * (1 + _ROUNDING) + slack.sum(1)
+    elif norm == "l0":
+        # pixel positions (all channels of one) that moved beyond rounding; eps counts them
+        moved = (b - a).abs() > _ROUNDING * torch.maximum(a.abs(), b.abs())
+        if moved.dim() == 4:
+            moved = moved.any(1)
+        size = moved.flatten(1).sum(1).double()
+        bad = size > eps
     else:
         raise ValueError(f"no threat-model check for norm {norm!r}")
     if not bad.any():

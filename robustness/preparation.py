@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from attacks import canonical_norm, check_eps, create_attack, get_attack_entry
 from attacks.errors import AttackError
 
+from . import adaptive as _adaptive  # noqa: F401 - registers the transfer: attack family
 from .data import LoadedDataset, load_dataset, select_indices
 from .distributed import World
 from .errors import UserError
@@ -157,7 +158,8 @@ def resolve_attacks(spec: RunSpec) -> tuple[RunSpec, list[tuple[str, Any]]]:
         if spec.norm not in entry.norms:
             raise UserError(f"attack {a.name} supports {', '.join(entry.norms)}, not {spec.norm}")
         try:
-            out.append((a.shown, create_attack(a.name, norm=spec.norm, **a.kwargs)))
+            # model_options reach only the attacks that load models (transfer: surrogates)
+            out.append((a.shown, create_attack(a.name, norm=spec.norm, model_options=spec.model_options, **a.kwargs)))
         except ImportError as e:
             raise UserError(f"attack {a.name} needs a package that is not installed: {e}") from None
         except (TypeError, ValueError, OverflowError, AttackError) as e:

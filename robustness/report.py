@@ -51,7 +51,10 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
                attack]
         for e in eps_all:
             r = cells.get(e)
-            row.append("" if r is None else f"{_pct(r.accuracy)} [{_pct(r.ci95[0]).strip()}-{_pct(r.ci95[1]).strip()}]")
+            # "*": unreliable, an adaptive attack of the run broke beyond noise more (robustness/adaptive.py)
+            mark = "*" if r is not None and (r.params or {}).get("unreliable") else ""
+            row.append("" if r is None else
+                       f"{_pct(r.accuracy)} [{_pct(r.ci95[0]).strip()}-{_pct(r.ci95[1]).strip()}]{mark}")
         n = max(m.n, 1)
         fwd, bwd = sum(c.forward for c in cells.values()) / n, sum(c.backward for c in cells.values()) / n
         row.append(f"{fwd:.1f}+{bwd:.1f}")
@@ -60,6 +63,9 @@ def format_table(results: Sequence["ThreatResult"]) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [f"robust accuracy % [95% Wilson interval], {norm}"] + [line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
+    if any((r.params or {}).get("unreliable") for r in results):
+        out.append("* unreliable: the run's adaptive attacks (eot:, bpda:, transfer:) broke beyond noise more "
+                   "(adaptive_attack_stronger)")
     out += format_split(results, eps_label)
     return "\n".join(out)
 

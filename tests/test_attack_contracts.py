@@ -29,8 +29,8 @@ import torch.nn as nn
 
 from attacks import attack_names, create_attack, get_attack_entry
 
-NORMS = ("linf", "l2")
-EPS = {"linf": 0.1, "l2": 1.0}
+NORMS = ("linf", "l2", "l1", "l0")
+EPS = {"linf": 0.1, "l2": 1.0, "l1": 4.0, "l0": 4}
 BATCH_NOTE = "(batch-dependent: results depend on --batch-size)"
 
 # registered attacks whose defaults already run in well under a second per call on the tiny model
@@ -56,19 +56,27 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "torchattacks:SPSA": {"nb_sample": 16, "max_batch_size": 16},
     "torchattacks:Square": {"n_queries": 100},
     "torchattacks:AutoAttack": {},      # no budget arguments: run as it is, marked slow
+    "pgd-l1": {"steps": 20},
+    "sparse-rs": {"n_queries": 100},
+    # adaptive families (attacks/eot.py, attacks/bpda.py), swept through FAMILIES below
+    "eot:pgd": {"eot": 3},
+    "bpda:pgd": {},
 }
+# attack families resolved by prefix that the sweep covers too (each wraps a registered attack)
+FAMILIES = ("eot:pgd", "bpda:pgd")
 SLOW = {"torchattacks:AutoAttack", "autoattack-package"}
 
 
 def _swept_names() -> list[str]:
     """Every registered attack, and every torchattacks class the resolver maps to linf or l2."""
-    names = list(attack_names())
+    names = list(attack_names()) + list(FAMILIES)
     try:
         from attacks.torchattacks_adapter import attack_classes, norms_of
         classes = attack_classes()
     except ImportError:
         return names
-    names += [f"torchattacks:{c}" for c, cls in sorted(classes.items()) if set(norms_of(c, cls)) & set(NORMS)]
+    # torchattacks under linf/l2 only: its L1/L0 classes are slow (JSMA) or seed outside torch (Pixle)
+    names += [f"torchattacks:{c}" for c, cls in sorted(classes.items()) if set(norms_of(c, cls)) & {"linf", "l2"}]
     return names
 
 
@@ -76,7 +84,7 @@ def _cases() -> list[Any]:
     out = []
     for name in _swept_names():
         for norm in get_attack_entry(name).norms:
-            if norm in NORMS:
+            if norm in NORMS and not (name.startswith("torchattacks:") and norm not in ("linf", "l2")):
                 marks = [pytest.mark.slow] if name in SLOW else []
                 out.append(pytest.param(name, norm, id=f"{name}-{norm}", marks=marks))
     return out
@@ -138,6 +146,12 @@ def _recheck(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
     if norm == "linf":
         excess = float((d.abs().amax(1) - eps).max())
         assert excess <= eps * 2.0 ** -23 + ulp, f"L-inf {excess:.3g} beyond eps={eps}"
+    elif norm == "l1":
+        excess = float((d.abs().sum(1) - eps).max())
+        assert excess <= eps * 2.0 ** -20 + d.shape[1] * ulp, f"L1 {excess:.3g} beyond eps={eps}"
+    elif norm == "l0":   # pixel positions changed in any channel
+        moved = int((x_adv != x).any(1).flatten(1).sum(1).max())
+        assert moved <= eps, f"L0: {moved} pixels changed, eps={eps}"
     else:
         excess = float((d.norm(dim=1) - eps).max())
         assert excess <= eps * 2.0 ** -20 + math.sqrt(d.shape[1]) * ulp, f"L2 {excess:.3g} beyond eps={eps}"
@@ -226,7 +240,9 @@ def test_the_sweep_is_not_vacuous(tiny):
     compare something."""
     model, x, y = tiny
     for norm in NORMS:
-        out = create_attack("pgd", norm=norm)(model, x, y, EPS[norm], seeds=torch.arange(len(y)))
+        name = {"l1": "pgd-l1", "l0": "sparse-rs"}.get(norm, "pgd")
+        out = create_attack(name, norm=norm, **OVERRIDES.get(name, {}))(model, x, y, EPS[norm],
+                                                                        seeds=torch.arange(len(y)))
         broken = _recheck(model, x, y, out.x_adv, EPS[norm], norm)
         assert 0 < int(broken.sum()) < len(y), (norm, int(broken.sum()))
 

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument_group("threat model")
     a.add_argument("--attack", default="fgsm,pgd", help="comma-separated attacks, each evaluated on its own "
                                                          "(default: %(default)s; see `robust-bench list attacks`)")
-    a.add_argument("--norm", default="linf", help="perturbation norm: linf (default) or l2; several, e.g. linf,l2, "
+    a.add_argument("--norm", default="linf", help="perturbation norm: linf (default), l2, l1 or l0 (eps counts "
+                                                  "pixels; attacks pgd-l1, sparse-rs); several, e.g. linf,l2, "
                                                   "evaluate each (its own rows and stored run) and the union")
     a.add_argument("--eps", action="append", help="comma-separated budgets, fractions accepted: 1/255,2/255,8/255; "
                                  "with several norms one per norm: --eps linf=8/255 --eps l2=0.5 "
@@ -58,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start PGD from a random point of the eps-ball (default: yes)")
     a.add_argument("--loss", choices=("ce", "margin", "dlr"), help="loss iterative attacks ascend (default: ce)")
     a.add_argument("--attack-args", help="extra key=value,... passed to every attack that takes them")
+    a.add_argument("--adaptive", action="store_true",
+                   help="when a model check fires, add adaptive attacks as rows of their own: eot:ATTACK for a "
+                        "randomized forward, bpda:ATTACK and transfer:self:pgd for masked gradients (docs/CHECKS.md)")
+    a.add_argument("--bpda", metavar="MODULE.PATH",
+                   help="the part of the model bpda: attacks approximate by the identity on the backward pass "
+                        "(submodule paths joined by +; default: what the model declares, else found)")
     c = p.add_argument_group("common corruptions (--attack corruptions)")
     c.add_argument("--corruptions",
                    help="comma-separated corruption names, all15 (the standard 15, default) or all19 (+ the 4 extra)")
@@ -124,8 +131,13 @@ def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
     common = {"steps": args.steps, "restarts": args.restarts, "random_start": args.random_start, "loss": args.loss,
               "step_size": parse_number(args.step_size, "step size") if args.step_size else None}
     common.update(parse_kv(args.attack_args))
-    params = tuple(sorted((k, v) for k, v in common.items() if v is not None))
     names = parse_list(args.attack)
+    if getattr(args, "bpda", None) is not None:   # for the bpda: attacks listed; --adaptive takes it too
+        if any(n.startswith("bpda:") for n in names):
+            common["bpda"] = args.bpda
+        elif not args.adaptive:
+            raise UserError("--bpda names what bpda: attacks approximate: add --attack bpda:pgd or --adaptive")
+    params = tuple(sorted((k, v) for k, v in common.items() if v is not None))
     corruptions: tuple[str, ...] = ()
     if "corruptions" in names:
         names = tuple(n for n in names if n != "corruptions")
@@ -142,6 +154,14 @@ def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
                    corruption_preset=args.corruption_preset, clean_dataset=args.clean_dataset,
                    clean_data_dir=args.clean_data_dir, **shared)
     return [dataclasses.replace(base, norm=n, eps=eps[n]) for n in norms]
+
+
+def adaptive_options(args: argparse.Namespace):
+    """`--adaptive` (with `--bpda`) as robustness.adaptive.Adaptive, or None."""
+    if not getattr(args, "adaptive", False):
+        return None
+    from ..adaptive import Adaptive
+    return Adaptive(bpda=args.bpda or "auto")
 
 
 def spec_from_args(args: argparse.Namespace) -> "RunSpec":
@@ -256,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"[{i + 1}/{len(specs)}] {', '.join(spec.models)} / "
                           f"{', '.join(a.name for a in spec.attacks)}", file=sys.stderr)
                 evaluator = Evaluator(spec, log=log, progress=not quiet and sys.stderr.isatty(), world=world,
-                                      argv=getattr(args, "argv", None))
+                                      argv=getattr(args, "argv", None), adaptive=adaptive_options(args))
                 prepared = evaluator.prepare()  # every input check happens before the store is opened
                 if world.main and store is None:
                     try:
