@@ -10,7 +10,9 @@ _LAZY = {"AttackSpec": "specs", "RunSpec": "specs", "Evaluator": "runner", "RunO
          "export_json": "runner", "UserError": "errors",
          "evaluate": "api", "load_model": "api", "load_dataset": "api", "Evaluation": "api",
          "ExampleOutcomes": "api", "format_report": "report",
-         "TrainSpec": "training", "TrainOutcome": "training", "TrainingFailed": "training", "train": "training"}
+         "TrainSpec": "training", "TrainOutcome": "training", "TrainingFailed": "training", "train": "training",
+         "compress": "compression", "CompressSpec": "compression", "CompressOutcome": "compression",
+         "CompressionStats": "compression", "evaluate_compressed": "compression"}
 
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 from ..errors import UserError
 
 # sub-command modules, in the order `--help` lists them; a module that is not there yet is skipped
-COMMANDS = ("run", "certify", "listing", "train", "publish", "corruptions_grid")
+COMMANDS = ("run", "certify", "listing", "train", "compress", "publish", "corruptions_grid")
 
 
 class Parser(argparse.ArgumentParser):

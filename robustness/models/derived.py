@@ -7,8 +7,11 @@ flag, and each reports that lineage in its ModelInfo.extra (stored with every ru
 - a structured-pruning step: every Conv2d / BatchNorm / Linear / LayerNorm whose stored weights are smaller is
   re-created at the stored size (channels removed) before the weights load;
 - a quantize step: the float model is rebuilt, then its int8 graph from the stored calibration
-  (robustness/compress.py `quantized_model`);
+  (robustness/compression.py `quantized_model`);
 - arch `adapter`: the base model (`meta.adapter.base_model`, loaded as `run` would) with the adapter's weights.
+
+`--model float:PATH` is the float model a quantized checkpoint was made from (its weights travel in the
+checkpoint): the surrogate of the transfer attack that evaluating an int8 model needs (`transfer:float:PATH:pgd`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from .checkpoints import META_ADAPTER, META_COMPRESSION, lineage, load_into
 from .timm_source import PREFIX as TIMM_PREFIX
 
 ADAPTER_ARCH = "adapter"
+FLOAT_PREFIX = "float:"
 _INFO_KEYS = ("recipe", "metrics", "paper", "extra_data", "trained_with", "threat_model", "training_failure")
 
 
@@ -99,7 +103,7 @@ def from_derived(blob: Mapping[str, Any], path: str, name: str, opts) -> LoadedM
     full = _normalize(module, mean, std)
     sha = state_dict_sha256(state)
     if steps and steps[-1].get("method") == "quantize":
-        from ..compress import quantized_model
+        from ..compression import quantized_model
         full = quantized_model(full, steps[-1], path)
         sha = state_dict_sha256({**state, **{f"quantization.{k}": v for k, v in steps[-1]["observers"].items()}})
     return LoadedModel(full, _info(meta, name, arch, kwargs, mean, std, sha, path))
@@ -185,3 +189,18 @@ def _from_adapter(blob: Mapping[str, Any], path: str, name: str, opts) -> Loaded
                            dataset=meta.get("dataset", base.info.dataset),
                            weights_sha256=state_dict_sha256(module), extra=extra)
     return LoadedModel(module, info)
+
+
+def float_of(path: str, opts) -> LoadedModel:
+    """`float:PATH`: the float model inside the quantized checkpoint PATH."""
+    from pathlib import Path
+
+    from ..compression import QuantizedModel
+    from .registry import create_model
+    if not Path(path).is_file():
+        raise UserError(f"model file not found: {path}")
+    loaded = create_model(path, opts)
+    if not isinstance(loaded.module, QuantizedModel):
+        raise UserError(f"float:{path}: {path} is not a quantized checkpoint (float: names the float model of one)")
+    fm = loaded.module.float_model
+    return LoadedModel(fm, loaded.info.with_(name=f"float:{Path(path).name}", weights_sha256=state_dict_sha256(fm)))

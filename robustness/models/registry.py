@@ -2,6 +2,7 @@
 
   robustbench:NAME | robustbench:DATASET/THREAT/NAME   RobustBench model zoo
   timm:NAME[:KEY=VALUE,...]                             timm's registry (models/timm_source.py)
+  float:PATH                                            the float model inside a quantized checkpoint
   path/to/file.py:factory                               a user's architecture (+ --weights, --mean, --std)
   path/to/model.pt                                      our checkpoint, TorchScript or torch.export archive
   a registered name (digits-cnn, ...)                   built-ins, refused if registered twice
@@ -17,7 +18,7 @@ from typing import Callable
 from ..errors import UserError, unknown
 from .base import LoadedModel
 from .checkpoints import load_file
-from .derived import peek as peek_derived
+from .derived import FLOAT_PREFIX, float_of, peek as peek_derived
 from .sources import (ModelOptions, from_file, from_own_checkpoint, from_python, from_robustbench,
                       from_torchvision, robustbench_entry, torchvision_names)
 from .timm_source import PREFIX as TIMM_PREFIX, check_name as check_timm_name, from_timm, parse_spec as parse_timm_spec
@@ -62,6 +63,8 @@ def _create(spec: str, opts: ModelOptions) -> LoadedModel:
         return from_robustbench(spec.split(":", 1)[1], opts)
     if spec.startswith(TIMM_PREFIX):
         return from_timm(spec[len(TIMM_PREFIX):], opts)
+    if spec.startswith(FLOAT_PREFIX):
+        return float_of(spec[len(FLOAT_PREFIX):], opts)
     head, sep, _ = spec.rpartition(":")
     if sep and head.endswith(".py"):
         return from_python(spec, opts)
@@ -91,6 +94,10 @@ def check_model(spec: str, opts: ModelOptions | None = None) -> None:
         raise UserError(f"checkpoint not found: {opts.weights}")
     if spec.startswith(TIMM_PREFIX):
         check_timm_name(parse_timm_spec(spec[len(TIMM_PREFIX):])[0])
+        return
+    if spec.startswith(FLOAT_PREFIX):
+        if not Path(spec[len(FLOAT_PREFIX):]).is_file():
+            raise UserError(f"model file not found: {spec[len(FLOAT_PREFIX):]}")
         return
     head, sep, _ = spec.rpartition(":")
     if sep and head.endswith(".py"):

@@ -581,7 +581,10 @@ class QuantizedModel(nn.Module):
 
     def __init__(self, converted: nn.Module, float_model: nn.Module, mode: str = "static") -> None:
         super().__init__()
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
         twin, pairs = straight_through(converted)
+        for g in (converted, twin):      # .eval()/.train() from any caller: harmless (no dropout, BN folded)
+            allow_exported_model_train_eval(g)
         self.twin = twin
         self.mode, self.pairs = mode, pairs
         # not registered as submodules: one set of weights in state_dict(), and the engine's .to()/.eval() reach
@@ -909,24 +912,25 @@ def _eval_dataset(name: str | None) -> str | None:
 # ---- evaluating a compressed model honestly ----
 
 def honest_attacks(model: LoadedModel, attacks: Sequence[Any]) -> list[Any]:
-    """The attacks to run on `model`: for a quantized model, each gradient attack (on the straight-through twin)
-    and its transfer from the float model (`transfer:` rows crafted on `float_model`); others: `attacks` as given."""
-    module = model.module
-    if not isinstance(module, QuantizedModel):
+    """The attacks to run on `model`: for a quantized checkpoint, each gradient attack (on the straight-through
+    twin) and its transfer from the float model, `transfer:float:PATH:ATTACK` with the same settings; other
+    models: `attacks` as given."""
+    if not isinstance(model.module, QuantizedModel):
         return list(attacks)
-    from attacks import create_attack, get_attack_entry
-    from attacks.transfer import Transfer, without_early_stop
+    from attacks import get_attack_entry
 
     from .specs import AttackSpec
+    path = model.info.weights_path
+    if not path or not Path(path).is_file():
+        raise UserError("a quantized model is evaluated with transfers from its float model, which are loaded from "
+                        "its checkpoint: save it (CompressSpec.out) and evaluate the file")
     out = list(attacks)
     for a in attacks:
         spec = AttackSpec.of(a)
-        entry = get_attack_entry(spec.name)
-        if not entry.white_box or spec.name.startswith("transfer:"):
+        if spec.name.startswith("transfer:") or not get_attack_entry(spec.name).white_box:
             continue
-        inner = a if not isinstance(a, (str, AttackSpec)) else create_attack(spec.name, **spec.kwargs)
-        out.append(Transfer((module.float_model,), without_early_stop(inner), names=("float",),
-                            weights_sha256=(None,)))
+        label = f"transfer:float:{spec.label}" if spec.label else None
+        out.append(AttackSpec(f"transfer:float:{Path(path).resolve()}:{spec.name}", spec.params, label))
     return out
 
 
