@@ -16,9 +16,10 @@ from .pgd import PGD
 from .registry import (AttackEntry, attack_names, create_attack, get_attack_entry, register_attack,
                        register_resolver)
 from .sanity import Finding, ResultRow, model_checks, result_checks
+from .square import Square
 
 __all__ = ["NORMS", "APGD", "APGDT", "AttackConfigError", "AttackError", "AttackOutput", "AttackEntry",
            "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "FAB", "FGSM", "Finding", "PGD", "PassCounter",
-           "ResultRow", "ThreatModelViolation", "attack_names", "canonical_norm", "check_applicable", "check_eps",
+           "ResultRow", "Square", "ThreatModelViolation", "attack_names", "canonical_norm", "check_applicable", "check_eps",
            "clip_to_box", "create_attack", "get_attack_entry", "model_checks", "project", "register_attack",
            "register_resolver", "result_checks"]
