@@ -51,12 +51,12 @@ Example:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
+from . import progress
 from ._core import AttackOutput, canonical_norm, check_eps, frozen
 from .apgd import APGD, APGDT, derive_seeds
 from .fab import FAB
@@ -160,11 +160,17 @@ class AutoAttack:
                 continue
             sub = self.sub_attack(name)
             sub_seeds = derive_seeds(None if seeds is None else seeds[todo.cpu()], 100 + i)
-            _sync(x)
-            t0 = time.perf_counter()
-            out = sub(model, x[todo], y[todo], eps, seeds=sub_seeds, generator=generator, verify=False)
-            _sync(x)
-            entry.update(seconds=time.perf_counter() - t0, forward=out.forward, backward=out.backward,
+            # progress events and a finished sub-attack kept for a resume (attacks/progress.py)
+            report = dict(attack=self.name, part=name, index=i + 1, total=len(lineup), eps=float(eps),
+                          examples=int(todo.numel()))
+            progress.emit(stage="start", **report)
+            key = None if seeds is None else progress.step_key(
+                repr(self), name, i, float(eps), tensors=(x[todo], y[todo], sub_seeds))
+            out, seconds, kept = progress.attack_step(
+                key, x.device, lambda: sub(model, x[todo], y[todo], eps, seeds=sub_seeds, generator=generator,
+                                           verify=False), sync=lambda: _sync(x))
+            progress.emit(stage="kept" if kept else "end", fooled=int(out.fooled.sum()), seconds=seconds, **report)
+            entry.update(seconds=seconds, forward=out.forward, backward=out.backward,
                          fooled=int(out.fooled.sum()))
             fwd, bwd = fwd + out.forward, bwd + out.backward
             hit = out.fooled

@@ -25,6 +25,9 @@ upgraded in place on open, which adds what is missing and changes nothing stored
                         example (radius 0) or on its attacked copy within that L2 radius (NULL: abstained).
   These two are created by the first certification written (`_LAZY_TABLES`), so a version-3 store
   without them needs no upgrade and stays readable by older robust-bench.
+  steps     per (run, model, batch, key): a finished part of the batch in flight (an AutoAttack
+            sub-attack: its output tensors, passes, report; attacks/progress.py), kept so an interrupted
+            batch does not redo it; deleted when the batch commits. Created on first use, like the two above.
 """
 from __future__ import annotations
 
@@ -152,6 +155,15 @@ _LAZY_TABLES = {
     p_value      REAL NOT NULL,
     n            INTEGER NOT NULL,
     PRIMARY KEY (run_id, model, idx, radius)
+)""",
+    "steps": """CREATE TABLE IF NOT EXISTS steps (
+    run_id  TEXT NOT NULL,
+    model   TEXT NOT NULL,
+    batch   INTEGER NOT NULL,
+    key     TEXT NOT NULL,
+    state   BLOB NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (run_id, model, batch, key)
 )"""}
 
 
@@ -464,7 +476,22 @@ class ResultStore:
                              int(c.backward), None if c.details is None else json.dumps(c.details, sort_keys=True))
                             for c in costs])
             db.execute("INSERT INTO batches(run_id, model, batch) VALUES (?, ?, ?)", (run_id, model, batch))
+            if self._has_table("steps"):   # the batch's kept parts are now in its outcomes
+                db.execute("DELETE FROM steps WHERE run_id=? AND model=? AND batch=?", (run_id, model, batch))
         return True
+
+    def keep_step(self, run_id: str, model: str, batch: int, key: str, state: bytes) -> None:
+        """Keep a finished part of an unfinished batch (see `steps` in the module docstring)."""
+        with self._tx() as db:
+            db.execute(_LAZY_TABLES["steps"])
+            db.execute("INSERT OR REPLACE INTO steps(run_id, model, batch, key, state, created) VALUES "
+                       "(?, ?, ?, ?, ?, ?)", (run_id, model, int(batch), key, sqlite3.Binary(state), _now()))
+
+    def kept_steps(self, run_id: str, model: str, batch: int) -> dict[str, bytes]:
+        if not self._has_table("steps"):
+            return {}
+        return {r[0]: bytes(r[1]) for r in self._db.execute(
+            "SELECT key, state FROM steps WHERE run_id=? AND model=? AND batch=?", (run_id, model, int(batch)))}
 
     def certificates(self, run_id: str, model: str) -> list[Certified]:
         """The stored certificates of a smoothed model, ordered by example index (empty if none)."""

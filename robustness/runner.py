@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from attacks import progress as attack_progress
 from attacks.errors import AttackError
 from leaderboards import ResultStore, ThreatResult
 from leaderboards.threats import COMBINED, CORRUPTION
@@ -54,6 +56,40 @@ class BatchFailed(UserError):
     """A batch failed for a reason outside the engine (the model raised, an image is unreadable, the
     device ran out of memory): one line for the user, and unlike other errors the run is kept, so the
     same command resumes it once the cause is fixed."""
+
+
+class _BatchProgress(attack_progress.Listener):
+    """One batch in flight: what its composite attacks are doing (the progress bar's postfix, or a log line
+    per finished sub-attack when there is no bar), and each finished sub-attack kept in the store (rank 0,
+    its only writer) so that an interrupted batch resumes after the last finished one instead of redoing
+    them; the kept parts are deleted when the batch commits (ResultStore.write_batch)."""
+
+    def __init__(self, ev: "Evaluator", run_id: str, p: Prepared, batch: int, n_batches: int, bar: Any) -> None:
+        self.ev, self.run_id, self.label, self.bar = ev, run_id, p.label, bar
+        self.batch, self.n_batches = batch, n_batches
+        self.writes = ev.world.main and ev.store is not None
+        self.stored = ev.store.kept_steps(run_id, p.label, batch) if self.writes else {}
+
+    def event(self, e: attack_progress.Event) -> None:
+        from leaderboards.threats import format_eps
+        where = f"{e.attack} {e.part} ({e.index}/{e.total}) at eps={format_eps(e.eps, self.ev.norm)}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{where}: {e.examples} examples" if e.stage == "start" else
+                                     f"{where}: {e.fooled} of {e.examples} broken", refresh=True)
+        elif e.stage != "start":
+            how = " (kept from the interrupted run)" if e.stage == "kept" else f" in {e.seconds:.1f} s"
+            self.ev.log(f"{self.label} batch {self.batch + 1}/{self.n_batches}: {where}: {e.fooled} of {e.examples} "
+                        f"broken{how}")
+
+    def recall(self, key: str) -> dict[str, Any] | None:
+        blob = self.stored.get(key)
+        return None if blob is None else torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+    def keep(self, key: str, state: dict[str, Any]) -> None:
+        if self.writes:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self.ev.store.keep_step(self.run_id, self.label, self.batch, key, buf.getvalue())
 
 
 def _failure(model: str, b: int, n_batches: int, idx: np.ndarray, e: BaseException) -> str:
@@ -198,7 +234,8 @@ class Evaluator:
                 b = mine[r]
                 try:
                     x, y = next(it)
-                    res = self.evaluate_batch(p, batches[b], x, y)
+                    with attack_progress.listening(_BatchProgress(self, run_id, p, b, len(batches), bar)):
+                        res = self.evaluate_batch(p, batches[b], x, y)
                     payload = (b, res.outcomes, res.costs)
                 except (UserError, AttackError) as e:
                     payload = ("error", "refused", str(e))
