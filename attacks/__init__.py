@@ -20,6 +20,6 @@ from .square import Square
 
 __all__ = ["NORMS", "APGD", "APGDT", "AttackConfigError", "AttackError", "AttackOutput", "AttackEntry",
            "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "FAB", "FGSM", "Finding", "PGD", "PassCounter",
-           "ResultRow", "Square", "ThreatModelViolation", "attack_names", "canonical_norm", "check_applicable", "check_eps",
-           "clip_to_box", "create_attack", "get_attack_entry", "model_checks", "project", "register_attack",
-           "register_resolver", "result_checks"]
+           "ResultRow", "Square", "ThreatModelViolation", "attack_names", "canonical_norm", "check_applicable",
+           "check_eps", "clip_to_box", "create_attack", "get_attack_entry", "model_checks", "project",
+           "register_attack", "register_resolver", "result_checks"]
