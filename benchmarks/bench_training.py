@@ -23,14 +23,16 @@ from common import SHARED
 
 
 def load(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from robustness.train_command import _materialize
+    from torch.utils.data import DataLoader, Subset
+
     from robustness.data import load_dataset
     if kind == "mnist":
         data = load_dataset("mnist", data_dir=str(SHARED), split="train").dataset
     else:
         data = load_dataset(str(SHARED / "cifar10" / "train")).dataset
     idx = np.sort(np.random.default_rng(0).permutation(len(data))[:n])
-    return _materialize(data, idx, 0)
+    xs, ys = zip(*DataLoader(Subset(data, idx.tolist()), batch_size=256))
+    return torch.cat(xs).float(), torch.cat([torch.as_tensor(y) for y in ys]).long()
 
 
 def bench(arch: str, x: torch.Tensor, y: torch.Tensor, eps: float, augment: str, epochs: int, batch: int,

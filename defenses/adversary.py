@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from attacks._core import ascent_direction, clip_to_box, frozen, project
+from attacks import ascent_direction, clip_to_box, frozen, project
 
 from ._random import BatchRandom
 
@@ -18,9 +18,9 @@ from ._random import BatchRandom
 _FP16_LOSS_SCALE = 1024.0
 
 
-def uniform_start(x: torch.Tensor, eps: float, norm: str, rnd: BatchRandom) -> torch.Tensor:
+def uniform_start(x: torch.Tensor, eps: float, norm: str, rnd: BatchRandom, clip: bool = True) -> torch.Tensor:
     """A uniform draw from the eps-ball around each example (L-inf: the cube; L2: uniform in volume),
-    clipped to the [0, 1] box. Returns the perturbation."""
+    clipped to the [0, 1] box unless `clip` is False. Returns the perturbation."""
     shape = tuple(x.shape[1:])
     if norm == "linf":
         delta = (2 * rnd.uniform(*shape) - 1) * eps
@@ -29,7 +29,8 @@ def uniform_start(x: torch.Tensor, eps: float, norm: str, rnd: BatchRandom) -> t
         direction = direction / (direction.flatten(1).norm(dim=1).view(-1, *([1] * len(shape))) + 1e-12)
         radius = rnd.uniform(1) ** (1.0 / x[0].numel())
         delta = direction * radius.view(-1, *([1] * len(shape))) * eps
-    return clip_to_box(x, delta.to(dtype=x.dtype))
+    delta = delta.to(dtype=x.dtype)
+    return clip_to_box(x, delta) if clip else delta
 
 
 def ascend(model: torch.nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor], *,

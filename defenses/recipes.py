@@ -3,7 +3,8 @@ a loss.
 
   standard  cross-entropy on clean inputs.
   fgsm      "fast adversarial training" (Wong, Rice, Kolter, ICLR 2020, https://arxiv.org/abs/2001.03994):
-            one signed-gradient step of size 1.25*eps from a uniform random start in the eps-ball.
+            one signed-gradient step of size 1.25*eps from a uniform random start in the eps-ball (clipped
+            to the [0, 1] box first, as their CIFAR-10 code, or not, `clip_start=False`, as their MNIST code).
             Meant to be used with the cyclic learning rate (`schedules`, the CLI's default for it).
   pgd       PGD adversarial training (Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083):
             cross-entropy on the last iterate of `steps` PGD steps from a random start.
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from attacks._core import canonical_norm, check_eps, clip_to_box, project
+from attacks import canonical_norm, check_eps, clip_to_box, project
 
 from ._random import BatchRandom
 from .adversary import ascend, uniform_start
@@ -87,6 +88,7 @@ class FastFGSM(_Threat):
     name: ClassVar[str] = "fgsm"
     adversarial: ClassVar[bool] = True
     step_size: float | None = None
+    clip_start: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,7 +98,7 @@ class FastFGSM(_Threat):
             raise ValueError(f"step size must be > 0, got {self.step_size}")
 
     def inputs(self, model, x, y, rnd):
-        start = uniform_start(x, self.eps, self.norm, rnd)
+        start = uniform_start(x, self.eps, self.norm, rnd, clip=self.clip_start)
         return (ascend(model, x, lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"),
                        eps=self.eps, norm=self.norm, steps=1, step_size=self.step_size, start=start,
                        scale_loss=self.scale_attack_loss),)
@@ -158,17 +160,20 @@ class TRADES(PGDTraining):
 
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Standard, FastFGSM, PGDTraining, TRADES)}
+# and "gaussian" (noise augmentation), registered at the end of this module from defenses/smoothing.py
 
 
 def make_recipe(name: str, *, eps: float | None = None, norm: str = "linf", steps: int | None = None,
-                step_size: float | None = None, beta: float | None = None,
-                scale_attack_loss: bool = False) -> Recipe:
+                step_size: float | None = None, beta: float | None = None, clip_start: bool = True,
+                sigma: float | None = None, scale_attack_loss: bool = False) -> Recipe:
     """Build a recipe by name, passing only the arguments it takes (ValueError on a bad value)."""
     if name not in RECIPES:
         raise ValueError(f"unknown defense {name!r}; expected one of {', '.join(RECIPES)}")
     cls = RECIPES[name]
     if cls is Standard:
         return Standard(scale_attack_loss=scale_attack_loss)
+    if cls.name == "gaussian":   # Gaussian noise augmentation, no eps (defenses/smoothing.py)
+        return cls(scale_attack_loss=scale_attack_loss, **({} if sigma is None else {"sigma": sigma}))
     kwargs: dict[str, Any] = {"norm": norm, "scale_attack_loss": scale_attack_loss}
     if eps is not None:
         kwargs["eps"] = eps
@@ -178,4 +183,12 @@ def make_recipe(name: str, *, eps: float | None = None, norm: str = "linf", step
         kwargs["steps"] = steps
     if beta is not None and cls is TRADES:
         kwargs["beta"] = beta
+    if cls is FastFGSM:
+        kwargs["clip_start"] = clip_start
     return cls(**kwargs)
+
+
+# Gaussian noise augmentation lives beside randomized smoothing, which certifies what it trains
+from .smoothing import GaussianAugmentation  # noqa: E402
+
+RECIPES[GaussianAugmentation.name] = GaussianAugmentation

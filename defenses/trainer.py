@@ -12,6 +12,7 @@ batch norm, per-process batch statistics).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -30,10 +31,11 @@ from attacks import FGSM, PGD
 
 from ._random import BatchRandom, derive_seed
 from .augment import augment
+from .diagnosis import TrainingFailure, diagnose
 from .distributed import DistInfo, all_reduce_sum
 from .finetune import split_params
 from .recipes import Recipe
-from .schedules import LRFactor
+from .schedules import DEFAULT_MILESTONES, DEFAULT_PEAK, LRFactor
 
 STATE_FORMAT = "robust-bench-train-state"
 STATE_VERSION = 1
@@ -74,6 +76,9 @@ class TrainConfig:
     val_steps: int = 10
     select_by: str = "pgd"
     eps_warmup: float = 0.0          # epochs over which the training eps ramps linearly from 0 to eps
+    cycle_peak: float = DEFAULT_PEAK # cyclic schedule: fraction of training at the peak rate
+    lr_milestones: tuple[float, ...] | None = None   # step schedule: epochs of each x0.1 (None: 1/2, 3/4)
+    sync_bn: bool = False            # SyncBatchNorm across DistributedDataParallel processes
     eval_batch_size: int = 256
 
     def check(self) -> None:
@@ -81,8 +86,8 @@ class TrainConfig:
             raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise TrainingError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainingError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise TrainingError(f"learning rate must be >= 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.weight_decay < 0:
@@ -97,13 +102,28 @@ class TrainConfig:
             raise TrainingError(f"eps warm-up must be >= 0 epochs, got {self.eps_warmup}")
         if self.val_steps < 1:
             raise TrainingError(f"validation steps must be >= 1, got {self.val_steps}")
-        LRFactor(self.schedule, 1)
+        if self.lr_milestones is not None:
+            ms = list(self.lr_milestones)
+            if not ms or ms != sorted(ms) or len(set(ms)) != len(ms) or not all(0 < m < self.epochs for m in ms):
+                raise TrainingError(f"learning-rate milestones must be increasing epochs between 0 and {self.epochs} "
+                                    f"(exclusive), got {', '.join(f'{m:g}' for m in ms) or 'none'}")
+        try:
+            LRFactor(self.schedule, 1, self.cycle_peak, self.milestone_fractions())
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+
+    def milestone_fractions(self) -> tuple[float, ...]:
+        if self.lr_milestones is None:
+            return DEFAULT_MILESTONES
+        return tuple(m / self.epochs for m in self.lr_milestones)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its resumption."""
         d = asdict(self)
         for k in ("compile", "eval_batch_size"):
             d.pop(k)
+        if d["lr_milestones"] is not None:
+            d["lr_milestones"] = list(d["lr_milestones"])
         return d
 
 
@@ -187,10 +207,11 @@ class TrainResult:
     history: list[dict[str, Any]]
     finished: bool                           # False when stopped early (--stop-after)
     epochs_done: int
+    failure: TrainingFailure | None = None   # stayed at chance, diverged or collapsed (see `diagnosis`)
 
     @property
     def best_row(self) -> dict[str, Any]:
-        return self.history[self.best_epoch - 1] if self.history else {}
+        return self.history[self.best_epoch - 1] if self.history and self.best_epoch >= 1 else {}
 
 
 CSV_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_clean", "val_fgsm", "val_pgd", "train_seconds",
@@ -242,6 +263,13 @@ def load_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
+# fields every training-state file has recorded since version 1; newer ones default when absent
+_EARLY_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "augment", "seed",
+               "precision", "channels_last", "head", "backbone_lr_mult", "train_backbone", "val_eps", "val_norm",
+               "val_steps", "select_by", "eps_warmup")
+_EARLY_RECIPE_KEYS = ("eps", "norm", "steps", "step_size", "beta", "scale_attack_loss")
+
+
 class Trainer:
     """Train `model` (a module taking [0, 1] pixels) with `recipe`. `val` is (x, y) held in memory, or None.
 
@@ -275,7 +303,15 @@ class Trainer:
 
     # ---- set-up ----
     def _check_resume(self, state: dict[str, Any]) -> None:
-        saved = {**(state.get("config") or {}), **{f"recipe.{k}": v for k, v in (state.get("recipe") or {}).items()}}
+        # fields newer than the state file compare as their defaults
+        defaults = TrainConfig().fingerprint()
+        saved_config, saved_recipe = state.get("config") or {}, state.get("recipe") or {}
+        recipe_defaults = {f.name: f.default for f in dataclasses.fields(self.recipe)
+                           if f.default is not dataclasses.MISSING and f.name not in _EARLY_RECIPE_KEYS}
+        saved = {**{k: v for k, v in defaults.items() if k not in saved_config and k not in _EARLY_KEYS},
+                 **saved_config,
+                 **{f"recipe.{k}": v for k, v in recipe_defaults.items() if k not in saved_recipe},
+                 **{f"recipe.{k}": v for k, v in saved_recipe.items()}}
         now = {**self.config.fingerprint(), **{f"recipe.{k}": v for k, v in self.recipe.describe().items()}}
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
@@ -315,6 +351,10 @@ class Trainer:
         cfg, d = self.config, self.dist
         torch.manual_seed(cfg.seed)
         net = self.model.to(d.device)
+        if cfg.sync_bn and d.distributed:
+            # in place below the root (the root itself is never a batch-norm layer in practice)
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            self.model = net
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         attack_net: nn.Module = _Autocast(net, d.device.type, self.amp_dtype)
@@ -326,7 +366,8 @@ class Trainer:
             train_fwd = torch.compile(train_fwd, backend=cfg.compile)
             attack_net = torch.compile(attack_net, backend=cfg.compile)
         opt = self._optimizer(net)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, LRFactor(cfg.schedule, self.steps_per_epoch * cfg.epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, LRFactor(cfg.schedule, self.steps_per_epoch * cfg.epochs,
+                                                                 cfg.cycle_peak, cfg.milestone_fractions()))
         scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16" and d.device.type == "cuda")
         start, history, best = 0, [], None
         if self.resume is not None:
@@ -341,12 +382,17 @@ class Trainer:
         sampler = DistributedSampler(self.train_data, num_replicas=d.world, rank=d.rank, shuffle=True,  # type: ignore[arg-type]
                                      seed=cfg.seed, drop_last=True)
         local_bs = cfg.batch_size // d.world
-        ran, finished = 0, True
+        ran, finished, diverged = 0, True, None
         for epoch in range(start, cfg.epochs):
             if self.stop_after is not None and ran >= self.stop_after:
                 finished = False
                 break
             row = self._train_epoch(epoch, net, attack_net, train_fwd, opt, sched, scaler, sampler, local_bs)
+            if not math.isfinite(row["train_loss"]):
+                # the weights are no longer numbers: nothing to validate or save; earlier epochs stay selectable
+                diverged = {**row, "diverged": True}
+                self.log(f"epoch {epoch + 1:>3}/{cfg.epochs}  the training loss is not finite: stopping")
+                break
             t0 = time.perf_counter()
             row.update(self.validate(attack_net))
             row["val_seconds"] = round(time.perf_counter() - t0, 3)
@@ -360,9 +406,25 @@ class Trainer:
                     save_state_file(self.state_path, self._state(net, opt, sched, scaler, epoch + 1, best, history))
             ran += 1
         net.eval()
-        if best is None:
+        if best is None and diverged is None:
             raise TrainingError("no epoch was run")
-        return TrainResult(net, best["state"], int(best["epoch"]), history, finished, len(history))
+        failure = diagnose(history, cfg, adversarial=self.recipe.adversarial, chance=self._chance(),
+                           diverged=diverged, best_epoch=int(best["epoch"]) if best else None,
+                           steps=len(history) * self.steps_per_epoch,
+                           n_val=0 if self.val is None else int(self.val[1].shape[0])) \
+            if finished or diverged else None
+        if best is None:                      # diverged in the first epoch: no weights worth keeping
+            return TrainResult(net, {}, 0, history, True, len(history), failure)
+        return TrainResult(net, best["state"], int(best["epoch"]), history, finished, len(history), failure)
+
+    def _chance(self) -> float | None:
+        """Accuracy of always answering the most frequent class of the data the accuracy is measured on
+        (validation labels, else the training labels held in memory); None when unknown."""
+        y = self.val[1] if self.val is not None else getattr(self.train_data, "y", None)
+        if y is None or len(y) == 0:
+            return None
+        counts = torch.bincount(torch.as_tensor(y).long().flatten())
+        return float(counts.max()) / float(counts.sum())
 
     def _train_epoch(self, epoch, net, attack_net, train_fwd, opt, sched, scaler, sampler, local_bs):
         cfg, d = self.config, self.dist
@@ -413,9 +475,6 @@ class Trainer:
         seconds = time.perf_counter() - t0
         all_reduce_sum(stats, d)
         loss_sum, correct, count = stats.tolist()
-        if not math.isfinite(loss_sum):
-            raise TrainingError(f"training diverged in epoch {epoch + 1} (the loss is not finite); lower --lr "
-                                f"or use --precision fp32")
         return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(count, 1),
                 "train_acc": correct / max(count, 1), "train_seconds": round(seconds, 3),
                 "images_per_s": round(count / seconds, 1) if seconds > 0 else None}
@@ -436,12 +495,18 @@ class Trainer:
         attack = cfg.val_eps > 0
         fgsm = FGSM(norm=cfg.val_norm)
         pgd = PGD(norm=cfg.val_norm, steps=cfg.val_steps)
+        # a recipe that trains for noisy inputs (gaussian, for randomized smoothing) is judged on them:
+        # the same draw for each validation example every epoch
+        noise_sd = float(getattr(self.recipe, "validation_noise", 0.0) or 0.0)
         was = model.training
         model.eval()
         for i in range(0, len(idx), cfg.eval_batch_size):
             b = idx[i:i + cfg.eval_batch_size]
             x = x_all[b].to(d.device).float()
             y = y_all[b].to(d.device)
+            if noise_sd:
+                x = x + noise_sd * torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
+                    derive_seed(cfg.seed, "val-noise", int(j)))) for j in b]).to(x)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             clean = self._clean_correct(model, x, y)

@@ -133,6 +133,29 @@ class SmallCNN(nn.Module):
 register_arch("small-cnn")(SmallCNN)
 
 
+class MadryCNN(nn.Module):
+    """The MNIST network of Madry et al. 2018 (MadryLab/mnist_challenge, from the TensorFlow tutorial):
+    5x5 convolutions of 32 and 64 channels with 'same' padding, each followed by ReLU and 2x2 max-pooling,
+    a 1024-unit hidden layer; about 3.27M parameters for 28x28 inputs."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> None:
+        super().__init__()
+        if input_size % 4:
+            raise ValueError(f"madry-cnn needs an input side divisible by 4, got {input_size}")
+        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc1 = nn.Linear(64 * (input_size // 4) ** 2, 1024)
+        self.fc2 = nn.Linear(1024, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+register_arch("madry-cnn")(MadryCNN)
+
+
 # ---- PreAct ResNet-18 (He et al. 2016, "Identity Mappings in Deep Residual Networks") ----
 
 class _PreActBlock(nn.Module):

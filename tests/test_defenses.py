@@ -102,6 +102,40 @@ def test_learning_rate_schedules():
         LRFactor("linear", 10)
 
 
+def test_schedules_match_the_papers_own_formulas():
+    """Against the schedules the papers' code uses: torch's CyclicLR up half / down half (Wong et al., CIFAR-10),
+    numpy's interp over [0, 2/5, 1] of the epochs, evaluated at epoch + (i+1)/n (Wong et al., MNIST), and
+    torch's MultiStepLR (Madry et al., Rice et al.)."""
+    import numpy as np
+    total = 200
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ref = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=1.0, step_size_up=total / 2,
+                                            step_size_down=total / 2, cycle_momentum=False)
+    torch_rates = []
+    for _ in range(total + 1):
+        torch_rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    ours = LRFactor("cyclic", total, peak=0.5)
+    assert [ours(i) for i in range(total)] == pytest.approx(torch_rates[1:total + 1], abs=1e-9)
+    epochs, n = 10, 20                                                  # train_mnist.py: lr_schedule(epoch + (i+1)/n)
+    mnist = LRFactor("cyclic", epochs * n, peak=0.4)
+    for e in range(epochs):
+        for i in range(n):
+            want = np.interp([e + (i + 1) / n], [0, epochs * 2 // 5, epochs], [0, 1.0, 0])[0]
+            assert mnist(e * n + i) == pytest.approx(want, abs=1e-9)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ms = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[100, 150], gamma=0.1)
+    step = LRFactor("step", total, milestones=(0.5, 0.75))
+    for i in range(total):
+        assert step(i) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), i
+        opt.step()
+        ms.step()
+    for bad in (dict(peak=0.0), dict(peak=1.0), dict(milestones=(0.8, 0.2)), dict(milestones=(1.5,))):
+        with pytest.raises(ValueError):
+            LRFactor("step", 10, **bad)
+
+
 def test_head_surgery_on_a_torchvision_classifier():
     import torchvision
     net = torchvision.models.get_model("mobilenet_v3_small", weights=None)

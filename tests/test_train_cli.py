@@ -222,7 +222,7 @@ def test_epoch_log_writes_tensorboard_scalars_when_tensorboard_is_installed(tmp_
     import sys
     import types
 
-    from robustness.train_command import _EpochLog
+    from robustness._train_run import EpochLog as _EpochLog
     written = []
 
     class Writer:

@@ -11,11 +11,14 @@ BATCH_NOTE = " (batch-dependent: results depend on --batch-size)"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list models, data sets or attacks",
                        description="List what `robust-bench run` can evaluate.")
-    p.add_argument("what", choices=("models", "datasets", "attacks"))
+    p.add_argument("what", choices=("models", "datasets", "attacks", "recipes"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "recipes":     # the training recipes (robustness/cli/train.py owns their listing)
+        from .train import list_recipes
+        return list_recipes()
     from attacks import attack_names, get_attack_entry
 
     from ..data import registered_datasets

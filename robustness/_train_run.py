@@ -1,20 +1,14 @@
-"""`robust-bench train`: standard and adversarial training (FGSM, PGD, TRADES) from scratch or by
-fine-tuning any model `robust-bench run` loads; writes a self-describing checkpoint that
-`robust-bench run --model OUT` evaluates with no other flag. See docs/TRAINING.md.
-
-Several processes: `torchrun --nproc-per-node N -m robustness train ...` (DistributedDataParallel; nccl on
-CUDA, gloo on the CPU); --batch-size is the global batch, split evenly; only rank 0 writes files.
-"""
+"""The implementation behind `robustness.train`: resolve a TrainSpec's defaults against the data and the
+model, run `defenses.Trainer`, write the checkpoint, judge the run. Imported only when training is asked
+for (it pulls in torch)."""
 from __future__ import annotations
 
-import argparse
 import csv
+import hashlib
 import importlib.util
 import inspect
 import io
 import os
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -23,23 +17,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .cli import train as _cli_train
 from .errors import UserError
-from .cli.options import parse_channels, parse_kv, parse_number, positive_int
+from .training import TrainingFailed, TrainOutcome, TrainSpec, eps_label
 
 _DEFAULT_LR = {("sgd", "scratch"): 0.1, ("sgd", "linear"): 0.1, ("sgd", "full"): 0.01, ("sgd", "none"): 0.01,
                ("adamw", "scratch"): 1e-3, ("adamw", "linear"): 1e-3, ("adamw", "full"): 1e-4,
                ("adamw", "none"): 1e-4}
+# from scratch, architectures without batch norm do not tolerate SGD at 0.1 under adversarial training
+# (measured: small-cnn on MNIST at eps 0.3 stays at chance; docs/TRAINING.md); their SGD default
+_PLAIN_SGD_LR = 0.01
 _DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 _IN_MEMORY_LIMIT = 4 << 30
-
-
-def _num(text: str | None, what: str) -> float | None:
-    return None if text is None else parse_number(text, what)
+# an L-inf budget at least this large (a third of MNIST's 0.3) gets an eps warm-up by default
+_LARGE_LINF_EPS = 0.1
+_LARGE_L2_FRACTION = 0.05      # ... and an L2 budget this fraction of the image box's diameter
 
 
 def _check_out(path: str) -> Path:
-    """--out must be a writable file path in an existing folder (checked by writing a probe file)."""
+    """The checkpoint path must be a writable file in an existing folder (checked by writing a probe file)."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"--out {path} is a folder; give a file name such as {p / 'model.pt'}")
@@ -57,53 +52,6 @@ def _check_out(path: str) -> Path:
     return p
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as typed (when sys.argv is this command), else rebuilt from the non-default options."""
-    argv = sys.argv[1:]
-    if argv[:1] == ["train"] and _cli_train.PARSER is not None:
-        try:
-            from .cli import build_parser
-            if build_parser().parse_args(argv) == args:
-                return "robust-bench " + shlex.join(_drop_session_options(argv))
-        except SystemExit:
-            pass
-    parts = ["train"]
-    if _cli_train.PARSER is not None:
-        for action in _cli_train.PARSER._actions:
-            if not action.option_strings or action.dest in ("help", "resume", "stop_after"):
-                continue
-            value = getattr(args, action.dest, None)
-            if value == action.default or value is None:
-                continue
-            opt = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-            if isinstance(value, bool):
-                parts.append(opt if value else f"--no-{opt[2:]}")
-            else:
-                parts += [opt, str(value)]
-    return "robust-bench " + shlex.join(parts)
-
-
-def _drop_session_options(argv: list[str]) -> list[str]:
-    """The command without --resume/--stop-after: what reproduces the result in one go."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--resume", "--stop-after"):
-            skip = True
-            continue
-        if a.startswith(("--resume=", "--stop-after=")):
-            continue
-        out.append(a)
-    return out
-
-
-def _eps_label(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and 1 <= round(k) < 255 and len(f"{eps:g}") > 5 else f"{eps:g}"
-
-
 def _eval_dataset(spec: str) -> str | None:
     """What `run --model OUT` should evaluate on: a named set (its test split), the test/val folder beside a
     train folder, else None (run then asks for --dataset)."""
@@ -118,8 +66,8 @@ def _eval_dataset(spec: str) -> str | None:
     return None
 
 
-def _materialize(dataset, indices: np.ndarray, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode the chosen examples once into (N, C, H, W) float32 and (N,) int64."""
+def materialize(dataset, indices: np.ndarray, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode the chosen examples of a map-style dataset once into (N, C, H, W) float32 and (N,) int64."""
     from torch.utils.data import DataLoader, Subset
 
     from .data import TensorImages
@@ -135,7 +83,7 @@ def _materialize(dataset, indices: np.ndarray, workers: int) -> tuple[torch.Tens
     return torch.cat(xs), torch.cat(ys)
 
 
-class _EpochLog:
+class EpochLog:
     """metrics.csv (rewritten whole after each epoch, so a resumed run's file is complete) and TensorBoard
     scalars when the `tensorboard` package is installed."""
 
@@ -186,6 +134,7 @@ class _Plan:
 
     def __init__(self) -> None:
         self.inner: nn.Module | None = None
+        self.full: nn.Module | None = None
         self.mean: tuple[float, ...] | None = None
         self.std: tuple[float, ...] | None = None
         self.arch: str = ""
@@ -193,7 +142,7 @@ class _Plan:
         self.preprocess = None
         self.head: str | None = None          # name in the training module
         self.head_replaced = False
-        self.base: str | None = None          # --model spec
+        self.base: str | None = None          # the --model spec
         self.base_info = None
         self.note: str | None = None
 
@@ -285,23 +234,23 @@ def _foreign_form(plan: _Plan, num_classes: int) -> None:
                         f"re-created; fine-tune the source model instead (--model file.py:factory --weights ...)")
 
 
-def _plan_model(args: argparse.Namespace, loaded, dinfo, sample: torch.Tensor, finetune: str, log) -> _Plan:
+def _plan_model(spec: TrainSpec, loaded, dinfo, sample: torch.Tensor, finetune: str, log) -> _Plan:
+    from defenses import find_head, freeze_backbone, replace_head
+
     from .archs import ARCHS, build_arch
     from .models import Normalized
-    from defenses import find_head, freeze_backbone, replace_head
     plan = _Plan()
     num_classes, channels, size = dinfo.num_classes, dinfo.channels, tuple(sample.shape[2:])
-    mean, std = parse_channels(args.mean, "mean"), parse_channels(args.std, "std")
-    if args.model is None:
-        name = args.arch or ("digits-cnn" if dinfo.name == "digits" else "small-cnn" if channels == 1
-                             else "preact-resnet18")
+    mean, std = spec.mean, spec.std
+    if spec.model is None:
+        name = spec.arch or default_arch(dinfo.name, channels)
         if name not in ARCHS:
             from .errors import unknown
             raise unknown("architecture", name, ARCHS)
-        if args.arch is None:
+        if spec.arch is None:
             log(f"note: training architecture {name} (pass --arch to choose)")
         plan.arch = name
-        plan.arch_kwargs = _build_kwargs(name, num_classes, channels, size, parse_kv(args.arch_args))
+        plan.arch_kwargs = _build_kwargs(name, num_classes, channels, size, dict(spec.arch_args))
         try:
             plan.inner = build_arch(name, **plan.arch_kwargs)
         except (TypeError, ValueError) as e:
@@ -310,9 +259,9 @@ def _plan_model(args: argparse.Namespace, loaded, dinfo, sample: torch.Tensor, f
             raise UserError("--mean and --std go together (one value per channel each)")
         if mean is not None and (len(mean) != channels or len(std) != channels):
             raise UserError(f"--mean/--std need {channels} values (one per channel)")
-        plan.mean, plan.std = mean, std
+        plan.mean, plan.std = (tuple(float(v) for v in mean), tuple(float(v) for v in std)) if mean else (None, None)
     else:
-        plan.base = args.model
+        plan.base = spec.model
         plan.base_info, plan.preprocess = loaded.info, loaded.info.preprocess
         module = loaded.module
         if isinstance(module, Normalized):
@@ -333,8 +282,8 @@ def _plan_model(args: argparse.Namespace, loaded, dinfo, sample: torch.Tensor, f
     if logits.dim() != 2:
         raise UserError(f"the model returned shape {tuple(logits.shape)}, not (batch, classes) logits")
     k = int(logits.shape[1])
-    if args.model is not None:
-        what = f"model {args.model}"
+    if spec.model is not None:
+        what = f"model {spec.model}"
         if finetune == "none":
             if k != num_classes:
                 raise UserError(f"{what} outputs {k} classes but data set {dinfo.name} has {num_classes}; pass "
@@ -347,11 +296,11 @@ def _plan_model(args: argparse.Namespace, loaded, dinfo, sample: torch.Tensor, f
             try:
                 head, layer = find_head(full)
             except ValueError as e:
-                raise UserError(f"cannot fine-tune {args.model}: {e}") from None
+                raise UserError(f"cannot fine-tune {spec.model}: {e}") from None
             plan.head = head
             if k != num_classes:
                 if layer.out_features != k:
-                    raise UserError(f"cannot fine-tune {args.model}: its last nn.Linear ({head}) has "
+                    raise UserError(f"cannot fine-tune {spec.model}: its last nn.Linear ({head}) has "
                                     f"{layer.out_features} outputs but the model {k}; it is not the classifier head")
                 replace_head(full, num_classes, head)
                 plan.head_replaced = True
@@ -360,125 +309,130 @@ def _plan_model(args: argparse.Namespace, loaded, dinfo, sample: torch.Tensor, f
                 freeze_backbone(full, head)
         if not _registry_form(plan, num_classes):
             _foreign_form(plan, num_classes)
-    plan._full = full  # type: ignore[attr-defined]
+    plan.full = full
     return plan
 
 
-# ---- the command ----
+def default_arch(dataset: str, channels: int) -> str:
+    return "digits-cnn" if dataset == "digits" else "small-cnn" if channels == 1 else "preact-resnet18"
 
-def run(args: argparse.Namespace) -> int:
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def default_lr(optimizer: str, kind: str, module: nn.Module, adversarial: bool) -> float:
+    """The peak rate when --lr is not given. SGD at 0.1 from scratch suits batch-normalized networks; a
+    plain convolutional network under adversarial training stays at chance with it, so it gets 0.01."""
+    lr = _DEFAULT_LR[(optimizer, kind)]
+    if optimizer == "sgd" and kind == "scratch" and adversarial and not _has_batch_norm(module):
+        lr = _PLAIN_SGD_LR
+    return lr
+
+
+def default_eps_warmup(defense: str, eps: float, norm: str, epochs: int, diameter: float) -> float:
+    """Epochs of linear eps ramp when --eps-warmup is not given: none for standard training or small
+    budgets; for large ones (L-inf >= 0.1, L2 >= 5% of the image diameter) a third of the run, at least
+    half an epoch and at most 5 epochs, so a short run still ends at the full budget for most of an epoch."""
+    if defense in ("standard", "gaussian"):
+        return 0.0
+    large = eps >= _LARGE_LINF_EPS if norm == "linf" else eps >= _LARGE_L2_FRACTION * diameter
+    if not large:
+        return 0.0
+    return float(min(5.0, max(0.5, epochs / 3)))
+
+
+# ---- the run ----
+
+def run(spec: TrainSpec, *, command: str | None, log: Callable[[str], None] | None, progress: bool) -> TrainOutcome:
     from attacks import canonical_norm
     from defenses import TrainingError, load_state_file, setup_distributed, teardown_distributed
-    from .engine import resolve_device
+    from defenses.distributed import world_from_env
 
-    # -- arguments that need no files --
-    norm = canonical_norm(args.norm)
-    eps = _num(args.eps, "eps")
-    step_size = _num(args.step_size, "step size")
-    lr = _num(args.lr, "learning rate")
-    if args.model is None and args.finetune is not None:
-        raise UserError("--finetune needs --model (the pretrained model to fine-tune)")
-    if args.model is not None and args.arch is not None:
-        raise UserError("--arch trains from scratch and --model fine-tunes: pass one of them")
-    if args.model is None and (args.weights or args.num_classes or args.unsafe_load):
-        raise UserError("--weights/--num-classes/--unsafe-load complete --model; with --arch there is nothing to load")
-    if args.defense == "fgsm" and args.steps is not None:
-        raise UserError("--steps does not apply to --defense fgsm (one step of --step-size, default 1.25*eps)")
-    if args.defense == "standard" and (args.steps is not None or step_size is not None):
-        raise UserError("--steps/--step-size set the inner attack of fgsm, pgd and trades; standard training has none")
-    if args.beta is not None and args.defense != "trades":
-        raise UserError("--beta applies to --defense trades only")
-    if args.eps_warmup and args.defense == "standard":
-        raise UserError("--eps-warmup ramps the budget of adversarial training; standard training has none")
-    if args.stop_after is not None and args.stop_after >= args.epochs and args.resume is None:
-        raise UserError(f"--stop-after {args.stop_after} is not fewer than --epochs {args.epochs}")
-    if args.val_size is not None and args.val_size < 0:
-        raise UserError(f"--val-size must be >= 0, got {args.val_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if step_size is not None and not step_size > 0:
-        raise UserError(f"--step-size must be > 0, got {args.step_size}")
-    if args.compile:
+    from .engine import resolve_device
+    say = log or (lambda s: None)
+    norm = canonical_norm(spec.norm)
+    if spec.compile:
         import torch._dynamo
         backends = torch._dynamo.list_backends(exclude_tags=())
-        if args.compile not in backends:
-            raise UserError(f"unknown torch.compile backend {args.compile!r} (known: {', '.join(sorted(backends)[:8])}, ...)")
-    finetune = args.finetune or ("full" if args.model is not None else "scratch")
-    out = _check_out(args.out)
-    state_path = Path(args.state) if args.state else out.with_name(out.stem + ".state.pt")
+        if spec.compile not in backends:
+            raise UserError(f"unknown torch.compile backend {spec.compile!r} (known: {', '.join(sorted(backends)[:8])}, ...)")
+    finetune = spec.finetune or ("full" if spec.model is not None else "scratch")
+    out = _check_out(spec.out) if spec.out else None
+    state_path = spec.state_path()
     resume = None
-    if args.resume:
+    if spec.resume:
         try:
-            resume = load_state_file(args.resume)
+            resume = load_state_file(spec.resume)
         except TrainingError as e:
             raise UserError(str(e)) from None
-
-    device = resolve_device(args.device)
+    device = resolve_device(spec.device)
+    try:
+        world = world_from_env()[0]
+    except ValueError as e:
+        raise UserError(f"cannot start distributed training: {e}") from None
+    if spec.sync_bn and world > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA processes (torch's SyncBatchNorm does not run on the CPU); without "
+                        "it each process normalizes with its own batch statistics")
     try:
         dist = setup_distributed(device)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"cannot start distributed training: {e}") from None
-    quiet = args.quiet or not dist.main
-    log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    log_fn = say if dist.main else (lambda s: None)
     try:
-        return _train(args, dist, log, norm=norm, eps=eps, step_size=step_size, lr=lr, finetune=finetune, out=out,
-                      state_path=state_path, resume=resume)
+        return _train(spec, dist, log_fn, command=command, progress=progress and dist.main, norm=norm,
+                      finetune=finetune, out=out, state_path=state_path, resume=resume)
     except TrainingError as e:
         raise UserError(str(e)) from None
-    except KeyboardInterrupt:
-        if dist.main:
-            hint = (f"continue with the same command plus --resume {state_path}" if state_path.is_file()
-                    else "no epoch had finished; rerun the command")
-            sys.stderr.write(f"robust-bench: interrupted; {hint}\n")
-        return 130
     finally:
         teardown_distributed(dist)
 
 
-def _train(args, dist, say, *, norm, eps, step_size, lr, finetune, out, state_path, resume) -> int:
+def _train(spec: TrainSpec, dist, say, *, command, progress, norm, finetune, out, state_path, resume) -> TrainOutcome:
     from attacks import check_eps
-    from defenses import StreamData, TensorData, TrainConfig, Trainer, TrainingError, make_recipe
+    from defenses import StreamData, TensorData, TrainConfig, Trainer, make_recipe
+
     from .data import load_dataset
 
     # notes wait until every check has passed: bad input prints its one error line and nothing else
     pending: list[str] = []
     log = pending.append
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(spec.seed)
     # -- data: the model's preprocessing (resize/crop) applies, so a --model is loaded first --
     base = None
-    if args.model is not None:
+    if spec.model is not None:
         from .models import ModelOptions, create_model
-        base = create_model(args.model, ModelOptions(
-            weights=args.weights, mean=parse_channels(args.mean, "mean"), std=parse_channels(args.std, "std"),
-            num_classes=args.num_classes, allow_unsafe=args.unsafe_load))
-    dataset_spec = args.dataset or (base.info.dataset if base is not None else None)
+        base = create_model(spec.model, ModelOptions(weights=spec.weights, mean=spec.mean, std=spec.std,
+                                                     num_classes=spec.num_classes, allow_unsafe=spec.unsafe_load))
+    dataset_spec = spec.dataset or (base.info.dataset if base is not None else None)
     if dataset_spec is None:
         raise UserError("--dataset is required (the training data)" if base is None else
-                        f"model {args.model} does not say which data set it was made for: pass --dataset")
+                        f"model {spec.model} does not say which data set it was made for: pass --dataset")
     preprocess = base.info.preprocess if base is not None else None
-    loaded = load_dataset(dataset_spec, data_dir=args.data_dir, split="train", preprocess=preprocess)
+    loaded = load_dataset(dataset_spec, data_dir=spec.data_dir, split="train", preprocess=preprocess)
     dinfo = loaded.info
     n_total = len(loaded)
-    val_size = args.val_size if args.val_size is not None else min(1000, n_total // 10)
+    val_size = spec.val_size if spec.val_size is not None else min(1000, n_total // 10)
     if val_size >= n_total:
         raise UserError(f"--val-size {val_size} leaves no training data (the set has {n_total} examples)")
-    order = np.random.default_rng([args.seed, 20240517]).permutation(n_total)
+    order = np.random.default_rng([spec.seed, 20240517]).permutation(n_total)
     val_idx = np.sort(order[:val_size])
     pool = order[val_size:]
-    if args.n_train is not None and args.n_train > len(pool):
-        raise UserError(f"--n-train {args.n_train} exceeds the {len(pool)} training examples left after "
+    if spec.n_train is not None and spec.n_train > len(pool):
+        raise UserError(f"--n-train {spec.n_train} exceeds the {len(pool)} training examples left after "
                         f"{val_size} for validation")
-    train_idx = np.sort(pool[:args.n_train] if args.n_train else pool)
+    train_idx = np.sort(pool[:spec.n_train] if spec.n_train else pool)
     first, _ = loaded.dataset[int(train_idx[0])]
     first = torch.as_tensor(first).float()
     sample = first.unsqueeze(0).repeat(2, 1, 1, 1)
 
     # -- threat model --
+    eps = spec.eps
     if eps is None:
         eps = max(dinfo.default_eps.get(norm) or (0.0,))
-        if args.defense != "standard" or val_size:
-            log(f"note: eps {_eps_label(eps)} ({norm}; the data set's largest standard budget; pass --eps to choose)")
+        if spec.defense not in ("standard", "gaussian") or (val_size and spec.defense != "gaussian"):
+            log(f"note: eps {eps_label(eps)} ({norm}; the data set's largest standard budget; pass --eps to choose)")
     try:
         check_eps(eps, norm)
     except ValueError as e:
@@ -487,136 +441,175 @@ def _train(args, dist, say, *, norm, eps, step_size, lr, finetune, out, state_pa
     if norm == "l2" and eps > diameter:
         raise UserError(f"an L2 eps of {eps:g} exceeds the diameter of the [0, 1] image box ({diameter:.3g} for "
                         f"{tuple(first.shape)} images)")
-    if args.defense != "standard" and eps <= 0:
-        raise UserError(f"--defense {args.defense} needs --eps > 0")
+    if spec.defense not in ("standard", "gaussian") and eps <= 0:
+        raise UserError(f"--defense {spec.defense} needs --eps > 0")
+    step_size = spec.step_size
     if norm == "linf" and step_size is not None and step_size > 1:
         raise UserError(f"--step-size {step_size:g} exceeds the [0, 1] pixel range; did you mean {step_size:g}/255?")
 
     # -- model --
-    plan = _plan_model(args, base, dinfo, sample, finetune, log)
+    plan = _plan_model(spec, base, dinfo, sample, finetune, log)
     if plan.note:
         log(plan.note)
-    full: nn.Module = plan._full  # type: ignore[attr-defined]
+    full = plan.full
+    assert full is not None
 
-    precision = args.precision
-    dev = dist.device
-    if precision == "fp16" and dev.type == "cpu":
+    precision = spec.precision
+    if precision == "fp16" and dist.device.type == "cpu":
         try:
             with torch.autocast("cpu", dtype=torch.float16):
                 torch.ones(1, 1) @ torch.ones(1, 1)
         except Exception:  # noqa: BLE001
             raise UserError("--precision fp16 is not supported on this CPU build; use bf16 or fp32") from None
     try:
-        recipe = make_recipe(args.defense, eps=eps, norm=norm, steps=args.steps, step_size=step_size, beta=args.beta,
-                             scale_attack_loss=precision == "fp16")
+        recipe = make_recipe(spec.defense, eps=eps, norm=norm, steps=spec.steps, step_size=step_size, beta=spec.beta,
+                             clip_start=spec.clip_start, sigma=spec.sigma, scale_attack_loss=precision == "fp16")
     except ValueError as e:
         raise UserError(str(e)) from None
-    opt_kind = "scratch" if args.model is None else finetune
-    augment = args.augment
-    if augment == "auto":
-        augment = "crop-flip" if dinfo.channels == 3 else "none"
-    schedule = args.schedule if args.schedule != "auto" else ("cyclic" if args.defense == "fgsm" else "cosine")
-    select_by = args.select_by if args.select_by != "auto" else ("clean" if args.defense == "standard" else "pgd")
+    opt_kind = "scratch" if spec.model is None else finetune
+    augment = spec.augment if spec.augment != "auto" else ("crop-flip" if dinfo.channels == 3 else "none")
+    schedule = spec.schedule if spec.schedule != "auto" else ("cyclic" if spec.defense == "fgsm" else
+                                                             "step" if spec.lr_milestones else "cosine")
+    if spec.lr_milestones and schedule != "step":
+        raise UserError(f"--lr-milestones apply to --schedule step, not {schedule}")
+    select_by = spec.select_by if spec.select_by != "auto" else ("clean" if spec.defense in ("standard", "gaussian")
+                                                                 else "pgd")
+    lr = spec.lr
+    if lr is None:
+        lr = default_lr(spec.optimizer, opt_kind, full, recipe.adversarial)
+        if lr != _DEFAULT_LR[(spec.optimizer, opt_kind)]:
+            log(f"note: learning rate {lr:g} ({plan.arch or spec.model} has no batch normalization and does not "
+                f"train adversarially at SGD's usual 0.1; pass --lr to choose)")
+    eps_warmup = spec.eps_warmup
+    if eps_warmup is None:
+        eps_warmup = default_eps_warmup(spec.defense, eps, norm, spec.epochs, diameter)
+        if eps_warmup:
+            log(f"note: eps warm-up over {eps_warmup:.3g} epochs (eps {eps_label(eps)} is a large budget to learn "
+                f"from the start; pass --eps-warmup 0 to train at the full budget from the first step)")
+    weight_decay = spec.weight_decay if spec.weight_decay is not None else _DEFAULT_WD[spec.optimizer]
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=lr if lr is not None else _DEFAULT_LR[(args.optimizer, opt_kind)],
-        optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay if args.weight_decay is not None else _DEFAULT_WD[args.optimizer],
-        schedule=schedule, augment=augment, seed=args.seed, precision=precision, channels_last=args.channels_last,
-        compile=args.compile, head=plan.head,
-        backbone_lr_mult=args.backbone_lr_mult if finetune == "full" else 1.0,
-        train_backbone=finetune != "linear", val_eps=eps, val_norm=norm, val_steps=args.val_steps,
-        select_by=select_by, eps_warmup=args.eps_warmup)
-    try:
-        config.check()
-    except TrainingError as e:
-        raise UserError(str(e)) from None
+        epochs=spec.epochs, batch_size=spec.batch_size, lr=lr, optimizer=spec.optimizer, momentum=spec.momentum,
+        weight_decay=weight_decay, schedule=schedule, augment=augment, seed=spec.seed, precision=precision,
+        channels_last=spec.channels_last, compile=spec.compile, head=plan.head,
+        backbone_lr_mult=spec.backbone_lr_mult if finetune == "full" else 1.0,
+        train_backbone=finetune != "linear", val_eps=0.0 if spec.defense == "gaussian" else eps, val_norm=norm,
+        val_steps=spec.val_steps,
+        select_by=select_by, eps_warmup=eps_warmup, cycle_peak=spec.cycle_peak,
+        lr_milestones=tuple(float(m) for m in spec.lr_milestones) if spec.lr_milestones else None,
+        sync_bn=spec.sync_bn)
+    config.check()
     if config.batch_size > len(train_idx):
         raise UserError(f"--batch-size {config.batch_size} exceeds the {len(train_idx)} training examples")
 
+    # the spec with every default resolved: what the checkpoint records and the outcome returns
+    resolved = spec.replace(
+        arch=plan.arch if spec.model is None else spec.arch, dataset=dataset_spec, val_size=val_size, augment=augment,
+        eps=eps, norm=norm, steps=getattr(recipe, "steps", None) if spec.defense in ("pgd", "trades") else None,
+        step_size=getattr(recipe, "step_size", None), beta=getattr(recipe, "beta", None), eps_warmup=eps_warmup,
+        sigma=getattr(recipe, "sigma", None),
+        lr=lr, weight_decay=weight_decay, schedule=schedule, select_by=select_by, finetune=spec.finetune,
+        mean=plan.mean if spec.model is None else spec.mean, std=plan.std if spec.model is None else spec.std)
+
     # -- data into memory (or streamed) --
     per_example = first.numel() * 4
-    in_memory = args.in_memory == "yes" or (args.in_memory == "auto" and per_example * len(train_idx) <= _IN_MEMORY_LIMIT)
+    in_memory = spec.in_memory == "yes" or (spec.in_memory == "auto" and per_example * len(train_idx) <= _IN_MEMORY_LIMIT)
     if in_memory:
-        x_tr, y_tr = _materialize(loaded.dataset, train_idx, args.workers)
+        x_tr, y_tr = materialize(loaded.dataset, train_idx, spec.workers)
         train_data: Any = TensorData(x_tr, y_tr)
     else:
         from torch.utils.data import Subset
-        train_data = StreamData(Subset(loaded.dataset, train_idx.tolist()), workers=args.workers,
+        train_data = StreamData(Subset(loaded.dataset, train_idx.tolist()), workers=spec.workers,
                                 pin_memory=dist.device.type == "cuda")
-    val = _materialize(loaded.dataset, val_idx, args.workers) if val_size else None
+    val = materialize(loaded.dataset, val_idx, spec.workers) if val_size else None
 
     split_id = {"train": _digest(train_idx), "val": _digest(val_idx), "n_total": n_total}
     if resume is not None and (resume.get("extra") or {}).get("split") not in (None, split_id):
         raise UserError("the resume file was written for another training/validation split (data set, --n-train, "
                         "--val-size or --seed differ)")
-    log_dir = None if (args.log_dir or "").lower() == "none" else Path(args.log_dir or Path("runs") / out.stem)
-    epoch_log = _EpochLog(log_dir if dist.main else None, (resume or {}).get("history") or [], log)
+    log_dir = Path(spec.log_dir) if spec.log_dir else None
+    epoch_log = EpochLog(log_dir if dist.main else None, (resume or {}).get("history") or [], log)
     for line in pending:
         say(line)
     log = say
-    log(f"training {plan.arch or args.model} on {dinfo.name}: {len(train_idx)} examples, {val_size} for validation, "
-        f"defense {args.defense}" + (f" (eps {_eps_label(eps)} {norm})" if args.defense != "standard" else "")
+    log(f"training {plan.arch or spec.model} on {dinfo.name}: {len(train_idx)} examples, {val_size} for validation, "
+        f"defense {spec.defense}" + (f" (sigma {recipe.sigma:g})" if spec.defense == "gaussian" else
+                                     f" (eps {eps_label(eps)} {norm})" if spec.defense != "standard" else "")
+        + (f" [recipe {spec.recipe}]" if spec.recipe else "")
         + f", {config.epochs} epochs of {len(train_idx) // config.batch_size} steps"
         + (f", {dist.world} processes" if dist.distributed else "") + f", {dist.device}")
+    if spec.sync_bn and not dist.distributed:
+        log("note: --sync-bn has no effect in one process")
     trainer = Trainer(full, recipe, config, train_data, val, dist=dist, log=log, on_epoch=epoch_log,
-                      progress=not args.quiet and dist.main and sys.stderr.isatty(), state_path=state_path,
-                      resume=resume, extra_state={"split": split_id}, stop_after=args.stop_after)
+                      progress=progress, state_path=state_path if dist.main else None, resume=resume,
+                      extra_state={"split": split_id}, stop_after=spec.stop_after)
     try:
         result = trainer.fit()
     except Exception as e:
-        if args.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "torch._subclasses")):
+        if spec.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "torch._subclasses")):
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"torch.compile failed ({first_line}); rerun without --compile") from None
         raise
     finally:
         epoch_log.close()
-    if not result.finished:
-        if dist.main:
-            print(f"stopped after epoch {result.epochs_done} of {config.epochs}; continue with the same command "
-                  f"plus --resume {state_path}")
-        return 0
+    history = tuple(dict(r) for r in result.history)
 
-    if dist.main:
-        full.load_state_dict(result.best_state)
-        prefix = plan.prefix()
-        inner_state = {k[len(prefix):]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
-        meta = _meta(args, plan, dinfo, dataset_spec, recipe, config, result, first, eps, norm, finetune,
-                     len(train_idx), val_size, dist.world)
-        from .models import save_checkpoint
-        try:
-            save_checkpoint(out, arch=plan.arch, arch_kwargs=plan.arch_kwargs, state_dict=inner_state, meta=meta)
-        except OSError as e:
-            raise UserError(f"cannot write --out {out}: {e.strerror or e}") from None
-        if not args.keep_state and state_path.exists():
-            state_path.unlink()
+    def outcome(checkpoint, meta, model) -> TrainOutcome:
         best = result.best_row
-        m = meta["metrics"]
-        tail = ""
-        if m.get("val_clean") is not None:
-            tail = f": validation clean {100 * m['val_clean']:.1f}%"
-            if m.get("val_pgd") is not None:
-                tail += f", PGD-{config.val_steps} eps {_eps_label(eps)} {100 * m['val_pgd']:.1f}%"
-        print(f"wrote {out} (epoch {best.get('epoch')} of {config.epochs}, selected by {m['selected_by']}){tail}")
-    return 0
+        return TrainOutcome(spec=resolved, checkpoint=checkpoint, history=history,
+                            best={k: best.get(k) for k in ("epoch", "val_clean", "val_fgsm", "val_pgd", "train_loss")}
+                            | {"selected_by": _selected_by(config, best) if best else None},
+                            final=dict(history[-1]) if history else {}, failure=result.failure,
+                            finished=result.finished, state_file=state_path if state_path and state_path.exists()
+                            else None, meta=meta, model=model)
+
+    if not result.finished:
+        return outcome(None, {}, None)
+    meta: dict[str, Any] = {}
+    checkpoint = None
+    model = None
+    if result.best_epoch >= 1:
+        full.load_state_dict(result.best_state)
+        full.eval()
+        model = full.cpu()
+        meta = _meta(resolved, command, plan, dinfo, dataset_spec, recipe, config, result, first, eps, norm,
+                     finetune, len(train_idx), val_size, dist.world)
+        if dist.main and out is not None:
+            prefix = plan.prefix()
+            inner_state = {k[len(prefix):]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
+            from .models import save_checkpoint
+            try:
+                save_checkpoint(out, arch=plan.arch, arch_kwargs=plan.arch_kwargs, state_dict=inner_state, meta=meta)
+            except OSError as e:
+                raise UserError(f"cannot write --out {out}: {e.strerror or e}") from None
+            checkpoint = out
+    if dist.main and state_path is not None and not spec.keep_state and state_path.exists():
+        state_path.unlink()
+    done = outcome(checkpoint, meta, model)
+    if done.failure is not None and not spec.allow_failed:
+        raise TrainingFailed(done)
+    return done
 
 
 def _digest(idx: np.ndarray) -> str:
-    import hashlib
     return hashlib.sha256(np.asarray(idx, dtype="<i8").tobytes()).hexdigest()[:16]
 
 
-def _meta(args, plan: _Plan, dinfo, dataset_spec: str, recipe, config, result, first: torch.Tensor, eps: float,
-          norm: str, finetune: str, n_train: int, val_size: int, world: int) -> dict[str, Any]:
+def _meta(spec: TrainSpec, command: str | None, plan: _Plan, dinfo, dataset_spec: str, recipe, config, result,
+          first: torch.Tensor, eps: float, norm: str, finetune: str, n_train: int, val_size: int,
+          world: int) -> dict[str, Any]:
     best = result.best_row
     last = result.history[-1] if result.history else {}
     recipe_meta = {**recipe.describe(), "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
                    "optimizer": config.optimizer, "weight_decay": config.weight_decay, "schedule": config.schedule,
                    "augment": config.augment, "n_train": n_train, "val_size": val_size, "seed": config.seed,
                    "finetune": None if finetune == "scratch" else finetune, "base_model": plan.base,
-                   "base_weights": args.weights, "head_replaced": plan.head_replaced,
+                   "base_weights": spec.weights, "head_replaced": plan.head_replaced,
                    "backbone_lr_mult": config.backbone_lr_mult if finetune == "full" else None,
                    "eps_warmup": config.eps_warmup or None, "precision": config.precision, "processes": world,
-                   "train_data": dataset_spec}
+                   "train_data": dataset_spec, "named_recipe": spec.recipe,
+                   "cycle_peak": config.cycle_peak if config.schedule == "cyclic" else None,
+                   "lr_milestones": list(config.lr_milestones) if config.lr_milestones else None,
+                   "sync_bn": config.sync_bn or None}
     metrics = {"selected_by": result.history and _selected_by(config, best), "best_epoch": best.get("epoch"),
                "epochs_done": result.epochs_done, "val_clean": best.get("val_clean"), "val_fgsm": best.get("val_fgsm"),
                "val_pgd": best.get("val_pgd"), "val_attack": f"pgd-{config.val_steps}", "val_eps": eps,
@@ -627,10 +620,26 @@ def _meta(args, plan: _Plan, dinfo, dataset_spec: str, recipe, config, result, f
             "mean": list(plan.mean) if plan.mean else None, "std": list(plan.std) if plan.std else None,
             "input_size": [int(v) for v in first.shape], "dataset": _eval_dataset(dataset_spec),
             "preprocess": plan.preprocess.to_json() if plan.preprocess else None,
-            "recipe": recipe_meta, "metrics": metrics, "trained_with": _command_line(args)}
+            "recipe": recipe_meta, "metrics": metrics, "trained_with": command or spec.python(),
+            "train_spec": _plain(spec.replace(resume=None, stop_after=None).to_json())}
+    if result.failure is not None:
+        meta["training_failure"] = result.failure.to_json()
     if recipe.adversarial:
         meta["threat_model"] = {"norm": norm, "eps": eps}
     return meta
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able values only (a checkpoint is read with weights_only=True)."""
+    def conv(v):
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): conv(x) for k, x in v.items()}
+        return str(v)
+    return {k: conv(v) for k, v in d.items()}
 
 
 def _selected_by(config, best_row: dict[str, Any]) -> str:
@@ -639,3 +648,4 @@ def _selected_by(config, best_row: dict[str, Any]) -> str:
     if config.select_by == "clean" and best_row.get("val_clean") is None:
         return "last"
     return config.select_by
+
