@@ -50,8 +50,8 @@ from .provenance import environment
 from .runner import BatchFailed, _failure
 from .specs import RunSpec
 
-__all__ = ["CERTIFIED", "EMPIRICAL", "PREDICTED", "RADII", "CertifyOutcome", "CertifySpec", "Certifier",
-           "certified_accuracy", "consistency_findings", "smoothed_label"]
+__all__ = ["CERTIFIED", "EMPIRICAL", "PREDICTED", "RADII", "CertifyOutcome", "CertifySpec", "Certifier", "certify",
+           "certified_accuracy", "consistency_findings", "export_json", "smoothed_label"]
 
 CERTIFIED, PREDICTED, EMPIRICAL = "smoothing-certified", "smoothing-predict", "smoothing-pgd"
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -463,6 +463,20 @@ class Certifier:
                             "seconds_per_image": seconds / n if n else 0.0,
                             "samples_per_second": fwd / seconds if seconds > 0 else float("inf")}
         return out
+
+
+def certify(spec: CertifySpec, db: str | Path | ResultStore = "results.db", *,
+            models: Sequence[LoadedModel] | None = None, data: LoadedDataset | None = None,
+            log: Callable[[str], None] = lambda s: None, progress: bool = False) -> CertifyOutcome:
+    """Certify `spec` into the store `db` (a path or an open ResultStore) in this process: the Python
+    form of `robust-bench certify`. `models` (any nn.Module wrapped as a LoadedModel) and `data` replace
+    the spec's names; the same call again resumes an interrupted run or shows the complete one."""
+    certifier = Certifier(spec, log=log, progress=progress, models=models, data=data)
+    prepared = certifier.prepare()
+    if isinstance(db, ResultStore):
+        return certifier.run(db, prepared)
+    with ResultStore(db) as store:
+        return certifier.run(store, prepared)
 
 
 def _series(certs: Sequence[Certified], preds: Sequence[SmoothedPrediction], s: CertifySpec) -> list[Outcome]:

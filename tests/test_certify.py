@@ -482,3 +482,27 @@ def test_gaussian_training_validates_under_its_noise(digits):
     assert Trainer(OnTheGrid(), Standard(), cfg, data, (x, y)).validate(OnTheGrid())["val_clean"] == 1.0
     got = Trainer(OnTheGrid(), GaussianAugmentation(sigma=0.25), cfg, data, (x, y)).validate(OnTheGrid())
     assert got["val_clean"] == 0.0 and got["val_pgd"] is None
+
+
+def test_python_api_certifies_any_module_on_tensors(tmp_path):
+    """`robustness.certify.certify` with an nn.Module and tensors: the stored radii obey the linear
+    classifier's closed form (never above the distance to the hyperplane)."""
+    from robustness.api import load_dataset, load_model
+    from robustness.certify import CertifySpec, certify as run_certify
+    model, x, dist, sigma = _linear_case(12)
+    y = (dist > 0).long()
+    spec = CertifySpec(models=("linear",), sigma=sigma, n0=50, n=3000, batch_size=1000, examples_per_batch=4,
+                       radii=(0.0, 0.25), device="cpu")
+    out = run_certify(spec, tmp_path / "api.db", models=[load_model(model, name="linear")],
+                      data=load_dataset((x, y)))
+    label = out.results[0].model
+    certs = ResultStore(tmp_path / "api.db").certificates(out.run_id, label)
+    assert len(certs) == 12 and out.summary[label]["examples"] == 12
+    for c in certs:
+        d = abs(float(dist[c.idx]))
+        assert c.radius is None or c.radius <= d + 1e-9
+        assert c.prediction in (None, int(y[c.idx]))
+    assert sum(c.radius is not None for c in certs) >= 8
+    again = run_certify(spec, tmp_path / "api.db", models=[load_model(model, name="linear")],
+                        data=load_dataset((x, y)))
+    assert again.reused and again.run_id == out.run_id
