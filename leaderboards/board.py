@@ -254,10 +254,11 @@ def select(store: ResultStore, filters: Filters = Filters(), protocol: Protocol 
     runs = store.runs()
     order = {r.run_id: i for i, r in enumerate(runs) if r.status == "complete"}
     unfinished = sum(1 for r in runs if r.status != "complete")
-    # rows are named before the model filter, so a suffix does not depend on which models are asked for
-    results = [r for r in store.results() if r.run_id in order and replace(filters, models=None).keep(r)]
+    # rows are named before any filter, so a row's name does not depend on what else is asked for
+    complete = [r for r in store.results() if r.run_id in order]
     infos = {(m["run_id"], m["model"]): m["info"] for m in store.model_infos()}
-    names = _row_names(results, infos, order, {r.run_id: r.tag for r in runs})
+    names = _row_names(complete, infos, order, {r.run_id: r.tag for r in runs})
+    results = [r for r in complete if replace(filters, models=None).keep(r)]
     if filters.models is not None:
         results = [r for r in results if r.model in filters.models or
                    names[(r.run_id, r.model, r.dataset)].name in filters.models]

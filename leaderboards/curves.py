@@ -1,7 +1,8 @@
 """Plots of stored results (matplotlib, Agg backend: no display needed).
 
   eps          accuracy against eps, one panel per (data set, attack), a line per model with its 95%
-               interval band; eps 0 is the clean accuracy.
+               interval band; eps 0 is the clean accuracy. `overlay`: one panel per data set and norm with
+               every attack in it (colour: model; line style and marker: attack).
   severity     accuracy against corruption severity, one panel per model, a line per corruption plus
                the mean over corruptions; severity 0 is the clean accuracy.
   corruptions  a corruption-by-severity heatmap of accuracy, one panel per model.
@@ -103,7 +104,9 @@ def _model_label(model: str, dataset: str, multi_ds: bool) -> str:
 
 
 def plot_eps(sel: Selection, ranked: list[tuple[str, str]], out: Path, *, size: tuple[int, int] | None = None,
-             max_models: int = MAX_MODELS) -> PlotResult:
+             max_models: int = MAX_MODELS, overlay: bool = False) -> PlotResult:
+    """A panel per (data set, norm, attack); `overlay`: a panel per (data set, norm) with every attack in it
+    (colour: model, line style and marker: attack), the layout of a paper's figure."""
     series: dict[tuple[str, str, str], dict[tuple[str, str], list[ThreatResult]]] = {}
     for (model, dataset, threat), r in sel.chosen.items():
         if threat.corruption:
@@ -118,45 +121,97 @@ def plot_eps(sel: Selection, ranked: list[tuple[str, str]], out: Path, *, size: 
         shown = shown[:max_models]
     multi_ds = len({d for _, d in shown}) > 1
     plt = _pyplot()
-    panels = sorted(k for k, s in series.items() if any(m in s for m in shown))
-    fig, axes = _figure(plt, len(panels), size, (4.6, 3.6), extra_w=2.2)
+    keys = sorted(k for k, s in series.items() if any(m in s for m in shown))
+    panels = sorted({k[:2] for k in keys}) if overlay else keys
+    attacks = sorted({k[2] for k in keys}, key=lambda a: (a == "worst-case", a))
+    fig, axes = _figure(plt, len(panels), size, (5.2 if overlay else 4.6, 3.8 if overlay else 3.6),
+                        extra_w=2.6 if overlay else 2.2)
     colors = _colors(plt, [f"{m}\0{d}" for m, d in shown])
+    styles = {a: (_STYLES[i % len(_STYLES)], _MARKERS[i % len(_MARKERS)]) for i, a in enumerate(attacks)}
     handles: dict[str, Any] = {}
-    for ax, key in zip(axes, panels):
-        dataset, norm, attack = key
+    for ax, panel in zip(axes, panels):
+        dataset, norm = panel[0], panel[1]
         eps_ticks: set[float] = {0.0}
-        for model, ds in shown:
-            rs = sorted(series[key].get((model, ds), []), key=lambda r: r.eps)
-            if not rs:
-                continue
-            newest = max(rs, key=lambda r: sel.order[r.run_id])
-            k = round(newest.clean_accuracy * newest.n)
-            clo, chi = wilson_interval(k, newest.n)
-            xs = [0.0] + [r.eps for r in rs]
-            ys = [100 * newest.clean_accuracy] + [100 * r.accuracy for r in rs]
-            lo = [100 * clo] + [100 * r.ci95[0] for r in rs]
-            hi = [100 * chi] + [100 * r.ci95[1] for r in rs]
-            c = colors[f"{model}\0{ds}"]
-            (line,) = ax.plot(xs, ys, marker="o", ms=4, lw=1.8, color=c)
-            ax.fill_between(xs, lo, hi, color=c, alpha=0.18, lw=0)
-            handles.setdefault(_model_label(model, ds, multi_ds), line)
-            eps_ticks.update(xs)
-        ticks = sorted(eps_ticks)
-        ax.set_xticks(ticks)
-        ax.set_xticklabels(["0"] + [format_eps(t, norm) for t in ticks[1:]],
-                           rotation=45 if len(ticks) > 6 else 0, fontsize=8)
+        for attack in ([a for a in attacks if (dataset, norm, a) in series] if overlay else [panel[2]]):
+            key = (dataset, norm, attack)
+            ls, marker = styles[attack] if overlay else ("-", "o")
+            for model, ds in shown:
+                rs = sorted(series[key].get((model, ds), []), key=lambda r: r.eps)
+                if not rs:
+                    continue
+                newest = max(rs, key=lambda r: sel.order[r.run_id])
+                k = round(newest.clean_accuracy * newest.n)
+                clo, chi = wilson_interval(k, newest.n)
+                xs = [0.0] + [r.eps for r in rs]
+                ys = [100 * newest.clean_accuracy] + [100 * r.accuracy for r in rs]
+                lo = [100 * clo] + [100 * r.ci95[0] for r in rs]
+                hi = [100 * chi] + [100 * r.ci95[1] for r in rs]
+                c = colors[f"{model}\0{ds}"]
+                (line,) = ax.plot(xs, ys, marker=marker, ms=4, lw=1.6 if overlay else 1.8, ls=ls, color=c)
+                ax.fill_between(xs, lo, hi, color=c, alpha=0.08 if overlay else 0.18, lw=0)
+                if overlay:   # the model legend shows colours; the attack legend the line styles
+                    from matplotlib.lines import Line2D
+                    line = Line2D([], [], color=c, lw=2)
+                handles.setdefault(_model_label(model, ds, multi_ds), line)
+                eps_ticks.update(xs)
+        unit = _eps_ticks(ax, sorted(eps_ticks), norm)
         ax.set_ylim(0, 100)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{attack} ({_norm_name(norm)}), {dataset}", fontsize=11)
-        ax.set_xlabel(f"eps ({_norm_name(norm)}); 0 = clean")
-        ax.set_ylabel("accuracy (%)")
-    title = "Robust accuracy against perturbation size (bands: 95% Wilson intervals)"
+        what = "" if overlay else f"{panel[2]} "
+        ax.set_title(f"{what}({_norm_name(norm)}), {dataset}" if what else f"{_norm_name(norm)}, {dataset}",
+                     fontsize=11)
+        ax.set_xlabel(f"eps ({_norm_name(norm)}{unit}); 0 = clean", fontsize=10)
+        ax.set_ylabel("accuracy (%)", fontsize=10)
+    # one panel (overlay): a short title, so the legends beside the panel do not run into it
+    title = "Robust accuracy against perturbation size" + (
+        "\n(bands: 95% Wilson intervals)" if overlay and len(panels) == 1 else " (bands: 95% Wilson intervals)")
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=12)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", title="model",
-               fontsize=9, title_fontsize=9)
+    legend = fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper", title="model",
+                        fontsize=9, title_fontsize=9)
+    if overlay:
+        from matplotlib.lines import Line2D
+        fig.add_artist(legend)
+        fig.legend([Line2D([], [], color="black", ls=styles[a][0], marker=styles[a][1], ms=4) for a in attacks],
+                   attacks, loc="outside right lower", title="attack", fontsize=9, title_fontsize=9)
+    _readable_ticks(fig, axes)
     _save(fig, plt, out)
     return PlotResult(out, "eps", len(panels), tuple(m for m, _ in shown), note)
+
+
+_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _eps_ticks(ax, ticks: list[float], norm: str) -> str:
+    """Ticks at the measured eps. L-inf budgets that are all whole 255ths are labelled by their numerator
+    (the axis says the unit): `8` rather than `8/255`, which crowd near 0. Returns the unit's text."""
+    ax.set_xticks(ticks)
+    whole = norm == "linf" and len(ticks) > 1 and all(
+        abs(t * 255 - round(t * 255)) < 1e-6 and 1 <= round(t * 255) <= 255 for t in ticks[1:])
+    if whole:
+        ax.set_xticklabels(["0"] + [str(round(t * 255)) for t in ticks[1:]], fontsize=9)
+        return ", in 1/255"
+    ax.set_xticklabels(["0"] + [format_eps(t, norm) for t in ticks[1:]], fontsize=9)
+    return ""
+
+
+def _readable_ticks(fig, axes, pad: float = 3.0) -> None:
+    """Hide x tick labels that would overlap the one before them (the largest eps is kept)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        kept: list[int] = []
+        for i, box in enumerate(boxes):
+            if kept and box.x0 < boxes[kept[-1]].x1 + pad:
+                if i == len(boxes) - 1 and len(kept) > 1:   # the largest eps wins over its neighbour
+                    labels[kept.pop()].set_visible(False)
+                else:
+                    labels[i].set_visible(False)
+                    continue
+            kept.append(i)
 
 
 def _norm_name(norm: str) -> str:
@@ -340,7 +395,7 @@ def plot_radius(store: ResultStore, sel: Selection, ranked: list[tuple[str, str]
 
 def plot(store: ResultStore, kind: str, out: str | Path, *, filters: Filters = Filters(),
          protocol: Protocol | None = None, size: tuple[int, int] | None = None,
-         max_models: int = MAX_MODELS) -> PlotResult:
+         max_models: int = MAX_MODELS, overlay: bool = False) -> PlotResult:
     """Draw `kind` (eps, severity, corruptions, radius) from the store into `out` (.png or .svg)."""
     if kind not in KINDS:
         raise ValueError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -353,5 +408,10 @@ def plot(store: ResultStore, kind: str, out: str | Path, *, filters: Filters = F
     ranked = _ranked_models(sel, protocol)
     if kind == "radius":
         return plot_radius(store, sel, ranked, out, size=size, max_models=max_models)
-    fn = {"eps": plot_eps, "severity": plot_severity, "corruptions": plot_corruption_heatmap}[kind]
+    if overlay and kind != "eps":
+        raise ValueError("overlay draws the attacks of --kind eps in one panel; the other kinds have no attacks to "
+                         "overlay")
+    if kind == "eps":
+        return plot_eps(sel, ranked, out, size=size, max_models=max_models, overlay=overlay)
+    fn = {"severity": plot_severity, "corruptions": plot_corruption_heatmap}[kind]
     return fn(sel, ranked, out, size=size, max_models=max_models)

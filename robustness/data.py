@@ -169,6 +169,29 @@ def _digits(root: Path | None, split: str, pre: Preprocess | None, download: boo
     return LoadedDataset(TensorImages(x, y, tensor_transform(pre)), info)
 
 
+# where torchvision's loaders look under --data-dir ROOT (the layout of each set's official archive)
+_LAYOUTS = {
+    "mnist": "ROOT/MNIST/raw/ holding t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (and train-*)",
+    "fashion-mnist": "ROOT/FashionMNIST/raw/ holding t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (and train-*)",
+    "cifar10": "ROOT/cifar-10-batches-py/ holding data_batch_1 .. data_batch_5, test_batch and batches.meta (the "
+               "extracted 'python version' archive, cifar-10-python.tar.gz)",
+    "cifar100": "ROOT/cifar-100-python/ holding train, test and meta (the extracted cifar-100-python.tar.gz)",
+    "svhn": "ROOT/test_32x32.mat and ROOT/train_32x32.mat",
+}
+
+
+def _layout_hint(name: str, base: Path) -> str:
+    """What --data-dir must hold for a named set, and the likely mix-up: an image folder given as the root."""
+    text = f"torchvision expects {_LAYOUTS[name].replace('ROOT', str(base))}" if name in _LAYOUTS else ""
+    if base.is_dir():
+        subs = [d for d in sorted(base.iterdir()) if d.is_dir()]
+        folders = [d for d in subs if any(c.is_dir() for c in d.iterdir())]
+        if folders:   # e.g. DIR/test/<class>/*.png: an exported image folder, not the archive layout
+            text += (f"; {base} holds image folders ({', '.join(d.name for d in folders[:3])}): to evaluate one, "
+                     f"pass --dataset {folders[0]} instead of --dataset {name}")
+    return text
+
+
 def _torchvision_set(cls_name: str, name: str, channels: int, size: int, eps: dict[str, tuple[float, ...]],
                      split_kw: Callable[[str], dict[str, Any]]):
     def load(root: Path | None, split: str, pre: Preprocess | None, download: bool) -> LoadedDataset:
@@ -176,16 +199,18 @@ def _torchvision_set(cls_name: str, name: str, channels: int, size: int, eps: di
         cls = getattr(torchvision.datasets, cls_name)
         base = Path(root) if root else default_root()
         tf = image_transform(pre)
+        where = f"--data-dir {base}" if root else f"the default folder {base} (no --data-dir given)"
         try:
             ds = cls(root=str(base), download=False, transform=tf, **split_kw(split))
-        except (RuntimeError, FileNotFoundError, OSError) as first:
+        except (RuntimeError, FileNotFoundError, OSError):
+            hint = _layout_hint(name, base)
             if not download:
-                raise UserError(f"{name} not found under {base} ({first}); pass --data-dir ROOT") from None
+                raise UserError(f"{name} is not under {where}: {hint}; pass --data-dir ROOT with that layout") from None
             try:
                 ds = cls(root=str(base), download=True, transform=tf, **split_kw(split))
             except Exception as e:  # noqa: BLE001 - offline: say where the files must go
-                raise UserError(f"{name} is not under {base} and downloading it failed ({type(e).__name__}); "
-                                f"pass --data-dir ROOT where torchvision's {cls_name} finds it") from None
+                raise UserError(f"{name} is not under {where} and downloading it failed ({type(e).__name__}): "
+                                f"{hint}; pass --data-dir ROOT with that layout") from None
         classes = tuple(getattr(ds, "classes", ()) or ()) or tuple(str(i) for i in range(10))
         targets = getattr(ds, "targets", None)
         if targets is None:

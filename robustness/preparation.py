@@ -244,8 +244,7 @@ def prepare(spec: RunSpec, attacks: Sequence[tuple[str, Any]], device: torch.dev
             corrupted = open_precomputed(ds_name, spec.data_dir, len(dataset), loaded.info.preprocess)
             corrupted.check(spec.corruptions, spec.severities, _labels(dataset))
         else:
-            dataset = load_dataset(ds_name, data_dir=spec.data_dir, split=spec.split,
-                                   preprocess=loaded.info.preprocess, name=spec.dataset_name)
+            dataset = _load_model_data(spec, loaded, ds_name, log)
         indices = select_indices(len(dataset), spec.n_examples, spec.subset, spec.seed)
         eps = spec.eps if spec.eps is not None else dataset.info.default_eps.get(norm)
         if not eps and spec.attacks:
@@ -266,6 +265,26 @@ def prepare(spec: RunSpec, attacks: Sequence[tuple[str, Any]], device: torch.dev
         p = dataclasses.replace(p, findings=tuple(probe(p, attacks, device, spec.channels_last, int(batch_size))))
         prepared.append(p)
     return prepared, int(batch_size) if batch_size != "auto" else 256
+
+
+def _load_model_data(spec: RunSpec, loaded: LoadedModel, ds_name: str, log: Callable[[str], None]) -> LoadedDataset:
+    """The data set by name; a checkpoint that names its own data set also remembers the --data-dir it was
+    trained with, used when none is given and that folder exists here (and named in the error otherwise)."""
+    from pathlib import Path
+    hint = loaded.info.extra.get("data_dir") if spec.dataset is None and spec.data_dir is None else None
+    hint = hint if isinstance(hint, str) and hint else None
+    data_dir = spec.data_dir
+    if hint and Path(hint).is_dir():
+        data_dir = hint
+        log(f"{loaded.info.name}: reading {ds_name} from {hint}, the --data-dir its checkpoint was trained with")
+    try:
+        return load_dataset(ds_name, data_dir=data_dir, split=spec.split, preprocess=loaded.info.preprocess,
+                            name=spec.dataset_name)
+    except UserError as e:
+        if hint and data_dir is None:
+            raise UserError(f"{e} (model {loaded.info.name} was trained with --data-dir {hint}, which is not a "
+                            f"folder here)") from None
+        raise
 
 
 def _batch_size_that_works(module: nn.Module, x: torch.Tensor) -> int | None:

@@ -200,6 +200,7 @@ class Evaluator:
             metadata = environment(self.device, list(self.argv) if self.argv is not None else None)
             metadata.update(seed=self.spec.seed, tag=self.spec.tag, world_size=self.world.size,
                             models={p.label: {"weights_sha256": p.model.info.weights_sha256,
+                                              "file_sha256": p.model.info.extra.get("file_sha256"),
                                               "indices_sha256": indices_sha256(p.indices),
                                               "dataset": p.dataset_name, "n": int(len(p.indices))}
                                     for p in prepared})

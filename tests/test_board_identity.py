@@ -212,3 +212,14 @@ def test_frame_marks_the_newest_per_weights(tmp_path):
     df = leaderboards.load(tmp_path / "s.db")
     assert len(df) == 4 and df.newest.all()          # each weights' own numbers are the newest of that model
     assert sorted(set(df.weights_sha256)) == ["a" * 64, "b" * 64]
+
+
+def test_row_names_do_not_depend_on_the_filters(tmp_path):
+    from leaderboards.board import Filters
+    with ResultStore(tmp_path / "s.db") as s:
+        add_run(s, "run-ep50", "2026-01-01T00:00:00+0000",
+                {"arch:net": {"clean": 15, "attacks": {"fgsm": [10, 8]}, "info": _info("a" * 64)}})
+        add_run(s, "run-ep100", "2026-01-02T00:00:00+0000",
+                {"arch:net": {"clean": 19, "attacks": {"pgd": [17, 16]}, "info": _info("b" * 64)}})
+        only_pgd = build_board(s, Filters(attacks=("pgd",)))
+    assert [r.model for r in only_pgd.rows] == ["arch:net #bbbbbbbb"]

@@ -54,6 +54,23 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`): unwinds like Ctrl-C, so what finished is kept."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _on_sigterm():
+    """Turn SIGTERM into Terminated while a command runs (main thread only); returns what to restore."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    previous = _on_sigterm()
     try:
         return int(args.func(args) or 0)
     except Exception as e:  # noqa: BLE001 - only the typed errors below become one line
@@ -68,9 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"robust-bench: error: {_one_line(e)}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("robust-bench: interrupted; rerun the same command to resume\n")
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        sys.stderr.write(f"robust-bench: {how}; the finished batches, and the finished sub-attacks of the batch in "
+                         f"flight, are kept: rerun the same command to resume\n")
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -152,8 +152,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     with _open(args.db) as store:
         try:
             res = plot(store, args.kind, args.out, filters=_filters(args), protocol=protocol, size=size,
-                       max_models=args.max_models)
-        except NothingToPlot as e:
+                       max_models=args.max_models, overlay=args.overlay)
+        except (NothingToPlot, ValueError) as e:
             raise UserError(str(e)) from None
         except ImportError as e:
             raise UserError(str(e)) from None
@@ -249,11 +249,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "severity: accuracy against severity per corruption (results of attacks named "
                            "corruption:NAME, eps = severity). corruptions: a corruption-by-severity heatmap. radius: "
                            "certified accuracy against L2 radius from the per-example certificates."),
-                       epilog="example:\n  robust-bench plot --kind eps --out eps.png --dataset digits")
+                       epilog="examples:\n  robust-bench plot --kind eps --out eps.png --dataset digits\n"
+                              "  robust-bench plot --kind eps --overlay --out figure.svg --dataset cifar10")
     p.add_argument("--kind", required=True, choices=("eps", "severity", "corruptions", "radius"),
                    help="radius: certified accuracy against L2 radius (results of robust-bench certify)")
     p.add_argument("--out", required=True, help="image file, .png or .svg")
     p.add_argument("--size", help="image size in pixels, WIDTHxHEIGHT (default: fits the panels)")
+    p.add_argument("--overlay", action="store_true",
+                   help="--kind eps: every attack in one panel per data set and norm (colour: model; line style and "
+                        "marker: attack), as a paper's figure")
     p.add_argument("--max-models", type=positive_int, default=10,
                    help="plot at most this many models, the best by worst case (default: 10)")
     _add_source(p)

@@ -26,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate each model on a data set under each attack at each eps. Robust "
                        "accuracy is per example: only examples still classified correctly are attacked, and an "
                        "example broken at a smaller eps counts as broken at every larger one. Results go to an "
-                       "SQLite store; rerunning an interrupted command resumes it.",
+                       "SQLite store; rerunning an interrupted command (Ctrl-C, SIGTERM) resumes it. The table "
+                       "shows robust accuracy % per eps with its 95% Wilson interval; its last column, passes/ex "
+                       "fwd+bwd, is the model's forward and backward passes per example that row's attack spent "
+                       "over all its eps (the engine's re-check of each adversarial example included): the cost of "
+                       "the number, comparable across attacks, models and machines.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--model", default="digits-cnn,digits-cnn-at",

@@ -3,6 +3,7 @@ Python file, TorchScript and torch.export archives. Each returns a `LoadedModel`
 [0, 1] pixels."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import math
@@ -74,6 +75,33 @@ def _own_recorded(meta: Mapping[str, Any], path: str) -> dict[str, Any] | None:
     return None
 
 
+def file_sha256(path: str | os.PathLike[str] | None) -> str | None:
+    """The sha256 of a weights file's bytes (the weights digest is of the tensors, whatever the layout):
+    what someone holding the file can check with `sha256sum`."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _with_file(extra: dict[str, Any], path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    digest = file_sha256(path)
+    return {**extra, "file_sha256": digest} if digest else extra
+
+
+def _train_data_dir(meta: Mapping[str, Any]) -> str | None:
+    """The --data-dir a checkpoint of ours was trained with (its meta.train_spec), the evaluation's default."""
+    spec = meta.get("train_spec") if isinstance(meta.get("train_spec"), Mapping) else {}
+    d = spec.get("data_dir")
+    return d if isinstance(d, str) and d else None
+
+
 # ---- our own checkpoints (the built-ins are such files) ----
 
 def from_own_checkpoint(blob: dict[str, Any], path: str, name: str, opts: ModelOptions) -> LoadedModel:
@@ -103,10 +131,11 @@ def from_own_checkpoint(blob: dict[str, Any], path: str, name: str, opts: ModelO
                      classes=tuple(meta["classes"]) if meta.get("classes") else None, dataset=meta.get("dataset"),
                      preprocess=Preprocess(**pre) if isinstance(pre, dict) else None,
                      weights_sha256=state_dict_sha256(blob["state_dict"]), weights_path=str(path),
-                     extra={**{k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
+                     extra=_with_file({**{k: v for k, v in meta.items() if k in ("recipe", "metrics", "paper", "extra_data",
                                                                     "trained_with", "threat_model", "training_failure")},
                             "arch_kwargs": kwargs,
-                            **({"recorded_accuracy": rec} if (rec := _own_recorded(meta, path)) else {})})
+                            **({"recorded_accuracy": rec} if (rec := _own_recorded(meta, path)) else {}),
+                            **({"data_dir": d} if (d := _train_data_dir(meta)) else {})}, path))
     return LoadedModel(module, info)
 
 
@@ -199,7 +228,7 @@ def _scripted(module: nn.Module, name: str, source: str, path: Path, opts: Model
     module = _normalize(module, opts.mean, opts.std)
     return LoadedModel(module, ModelInfo(name=name, source=source, num_classes=opts.num_classes, mean=opts.mean,
                                          std=opts.std, weights_sha256=state_dict_sha256(sd),
-                                         weights_path=str(path)))
+                                         weights_path=str(path), extra=_with_file({}, path)))
 
 
 # ---- a user's architecture file: path/to/file.py:factory ----
@@ -252,7 +281,7 @@ def from_python(spec: str, opts: ModelOptions) -> LoadedModel:
     net = _normalize(net, opts.mean, opts.std)
     info = ModelInfo(name=f"{path.stem}:{factory}", source="file", arch=f"{path.name}:{factory}",
                      num_classes=opts.num_classes, mean=opts.mean, std=opts.std, weights_sha256=sha,
-                     weights_path=opts.weights, extra=extra)
+                     weights_path=opts.weights, extra=_with_file(extra, opts.weights))
     return LoadedModel(net, info)
 
 
@@ -292,7 +321,7 @@ def from_torchvision(name: str, opts: ModelOptions) -> LoadedModel:
                      in_channels=3, input_size=(crop, crop), mean=mean, std=std,
                      classes=tuple(weights.meta["categories"]), dataset="imagenet", preprocess=pre,
                      weights_sha256=state_dict_sha256(state), weights_path=source,
-                     extra={"weights": str(weights), "url": weights.url, "published": metrics})
+                     extra=_with_file({"weights": str(weights), "url": weights.url, "published": metrics}, source))
     return LoadedModel(Normalized(net, mean, std), info)
 
 
@@ -359,7 +388,8 @@ def from_robustbench(spec: str, opts: ModelOptions) -> LoadedModel:
                      in_channels=3, input_size=(size, size), dataset=dataset,
                      preprocess=Preprocess(resize=256, crop=224) if dataset == "imagenet" else None,
                      weights_sha256=state_dict_sha256(net), weights_path=str(path),
-                     extra={"threat_model": threat, "robustbench_board": f"{dataset}/{threat}"})
+                     extra=_with_file({"threat_model": threat, "robustbench_board": f"{dataset}/{threat}"},
+                                      path if path.is_file() else None))
     return LoadedModel(net, info)
 
 
