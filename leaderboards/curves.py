@@ -335,7 +335,7 @@ def radius_curves(store: ResultStore, filters: Filters = Filters(), sel: Selecti
                 runs[(model, dataset)] = r.run_id
     out = {}
     for (model, dataset), run_id in runs.items():
-        certs = store.certificates(run_id, model)
+        certs = store.certificates(run_id, sel.row(model, dataset).label)   # the stored name, not the shown one
         if not certs:
             continue
         radii = sorted(c.radius for c in certs if c.prediction == c.label and c.radius is not None)

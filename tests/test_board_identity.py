@@ -223,3 +223,22 @@ def test_row_names_do_not_depend_on_the_filters(tmp_path):
                 {"arch:net": {"clean": 19, "attacks": {"pgd": [17, 16]}, "info": _info("b" * 64)}})
         only_pgd = build_board(s, Filters(attacks=("pgd",)))
     assert [r.model for r in only_pgd.rows] == ["arch:net #bbbbbbbb"]
+
+
+def test_radius_curves_read_each_rows_own_certificates(tmp_path):
+    """Two smoothed models under one label: each curve comes from its own run's certificates."""
+    from leaderboards.curves import CERTIFIED, radius_curves
+    from leaderboards.records import summarize
+    from leaderboards.store import Certified
+    with ResultStore(tmp_path / "s.db") as s:
+        for i, (sha, radius) in enumerate((("a" * 64, 0.25), ("b" * 64, 0.75))):
+            run = s.create_run(f"k{i}", {"models": ["smooth"]}, {}, None)
+            s.register_model(run, "smooth", "digits", {"model": _info(sha)}, [0, 1])
+            s.write_batch(run, "smooth", 0, [], [], certificates=[Certified(j, 1, 1, radius, 0.9, 90, 100)
+                                                                  for j in range(2)])
+            s.finish_run(run, [summarize(run_id=run, model="smooth", dataset="digits", attack=CERTIFIED,
+                                         norm="l2", eps=radius, index=[0, 1], clean_correct=np.ones(2, bool),
+                                         correct=np.ones(2, bool))])
+        curves = radius_curves(s)
+    assert {name: max(xs) for (name, _), (xs, _) in curves.items()} == {"smooth #aaaaaaaa": 0.25,
+                                                                         "smooth #bbbbbbbb": 0.75}
