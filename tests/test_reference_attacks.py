@@ -308,8 +308,9 @@ def test_mnist_at_pgd_and_autoattack_match_the_references_on_1000(mnist_at, caps
     - our PGD-40 (step 0.01, random start) against torchattacks' PGD with the same settings;
     - our AutoAttack standard against the package's standard (full budgets: 100 iterations, 5000 queries);
     robust accuracy within 0.5 points (the issue's bound) and within the noise rule, and per sub-attack as
-    in the test above (each ran on >= 500 examples). Published context: Madry et al. (ICLR 2018) report
-    89.3% for their (larger, longer-trained) MNIST model under PGD-100 at 0.3; AutoAttack's paper 88.5%."""
+    in the test above (each ran on >= 500 examples). Published context: Madry et al.'s (larger, longer-
+    trained) MNIST model stays around 89% under PGD at 0.3, 88.5% under AutoAttack (Croce & Hein 2020).
+    Measured 2026-12-02 (59 min on 2 loaded cores): PGD-40 85.6% vs 86.0%, AutoAttack 80.8% vs 80.9%."""
     import time
     x, y = mnist_test(1000)
     eps = 0.3
