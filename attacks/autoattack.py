@@ -59,6 +59,7 @@ import torch
 from . import progress
 from ._core import AttackOutput, canonical_norm, check_eps, frozen
 from .apgd import APGD, APGDT, derive_seeds
+from .errors import AttackConfigError
 from .fab import FAB
 from .square import Square, SquareFromPackage
 
@@ -88,6 +89,8 @@ class AutoAttack:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", canonical_norm(self.norm))
+        if self.norm not in ("linf", "l2"):
+            raise AttackConfigError(f"autoattack is an L-inf or L2 attack, not {self.norm}")
         if self.version not in VERSIONS:
             raise ValueError(f"unknown AutoAttack version {self.version!r}; expected one of {', '.join(VERSIONS)}")
         if self.attacks is not None:

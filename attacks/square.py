@@ -63,10 +63,18 @@ import torch
 from ._core import (AttackOutput, PassCounter, _per_example, canonical_norm, check_eps, clip_to_box, frozen,
                     margin_loss, project, require_counts)
 from .apgd import derive_seeds
+from .errors import AttackConfigError
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _BLOCK = 64           # iterations whose random numbers an example draws at once (changing it changes the draws)
 _PACKAGE_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+def _square_norm(norm: str) -> str:
+    norm = canonical_norm(norm)
+    if norm not in _PACKAGE_NORM:
+        raise AttackConfigError(f"square is an L-inf or L2 attack, not {norm}")
+    return norm
 
 
 def p_schedule(i: int, p_init: float, n_queries: int, rescale: bool) -> float:
@@ -273,10 +281,10 @@ class Square:
     name = "square"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", canonical_norm(self.norm))
+        object.__setattr__(self, "norm", _square_norm(self.norm))
         require_counts(self, "n_queries", "restarts")
         if not 0 < self.p_init <= 1:
-            raise ValueError(f"p_init must lie in (0, 1], got {self.p_init}")
+            raise AttackConfigError(f"p_init must lie in (0, 1], got {self.p_init}")
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -327,10 +335,14 @@ class SquareFromPackage:
     name = "square-package"
     implementation = "package"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", _square_norm(self.norm))
+        require_counts(self, "n_queries")
+
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                  seeds: torch.Tensor | None = None, verify: bool = True, **_: Any) -> AttackOutput:
         from ._compat import import_autoattack
-        check_eps(eps, canonical_norm(self.norm))
+        check_eps(eps, self.norm)
         n = x.shape[0]
         if eps == 0 or n == 0:
             return AttackOutput(x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device), 0, 0)
@@ -339,7 +351,7 @@ class SquareFromPackage:
         counter = PassCounter(model)
         seed = int(seeds[0]) if seeds is not None and len(seeds) else 0
         sq = square.SquareAttack(counter, p_init=self.p_init, n_queries=self.n_queries, eps=eps,
-                                 norm=_PACKAGE_NORM[canonical_norm(self.norm)], n_restarts=1, seed=seed,
+                                 norm=_PACKAGE_NORM[self.norm], n_restarts=1, seed=seed,
                                  verbose=False, device=x.device, resc_schedule=self.rescale_schedule)
         devices = [x.device] if x.device.type == "cuda" else []
         with frozen(model), torch.random.fork_rng(devices=devices), torch.no_grad():

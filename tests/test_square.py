@@ -172,9 +172,10 @@ def test_restarts_never_lower_success(digits):
 
 
 def test_square_refuses_bad_settings():
-    with pytest.raises(ValueError):
-        Square(n_queries=0)
-    with pytest.raises(ValueError):
-        Square(p_init=0.0)
-    with pytest.raises(ValueError):
-        Square(norm="l1")
+    from attacks import AttackConfigError
+    from attacks.square import SquareFromPackage
+    for bad in ({"n_queries": 0}, {"p_init": 0.0}, {"norm": "l1"}, {"norm": "l0"}):
+        with pytest.raises(AttackConfigError):
+            Square(**bad)
+    with pytest.raises(AttackConfigError):
+        SquareFromPackage(norm="l1")
