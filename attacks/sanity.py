@@ -76,7 +76,9 @@ CODES = ("probability_outputs", "randomized_forward", "gradient_masking", "non_m
 
 # the plausibility checks of a model's numbers (`result_checks`, rows with clean_accuracy / recorded)
 PLAUSIBILITY_CODES = ("clean_near_chance", "robust_equals_clean", "clean_below_recorded")
-CODES = CODES + PLAUSIBILITY_CODES
+# found by `robust-bench certify` (robustness/certify.py), listed here so every stored code is in one list
+CERTIFY_CODES = ("empirical_below_certified",)
+CODES = CODES + PLAUSIBILITY_CODES + CERTIFY_CODES
 
 
 @dataclass(frozen=True)

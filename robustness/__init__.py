@@ -12,7 +12,9 @@ _LAZY = {"AttackSpec": "specs", "RunSpec": "specs", "Evaluator": "runner", "RunO
          "ExampleOutcomes": "api", "format_report": "report",
          "TrainSpec": "training", "TrainOutcome": "training", "TrainingFailed": "training", "train": "training",
          "compress": "compression", "CompressSpec": "compression", "CompressOutcome": "compression",
-         "CompressionStats": "compression", "evaluate_compressed": "compression"}
+         "CompressionStats": "compression", "evaluate_compressed": "compression",
+         # randomized smoothing: `rb.certify_smoothed(rb.CertifySpec(...))` (rb.certify is the module)
+         "CertifySpec": "certify", "CertifyOutcome": "certify", "certify_smoothed": "certify"}
 
 
 

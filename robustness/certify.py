@@ -515,3 +515,6 @@ def export_json(outcome: CertifyOutcome, store: ResultStore, path: str | Path) -
         doc["certificates"][model] = [dataclasses.asdict(c) for c in store.certificates(outcome.run_id, model)]
         doc["predictions"][model] = [dataclasses.asdict(q) for q in store.smoothed_predictions(outcome.run_id, model)]
     Path(path).write_text(json.dumps(doc, indent=1, default=str))
+
+
+certify_smoothed = certify   # the name the package exports (`robustness.certify` is this module)
