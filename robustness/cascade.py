@@ -29,7 +29,34 @@ from leaderboards.store import series_key
 from .errors import UserError
 from .specs import WORST_CASE, corruption_label
 
-__all__ = ["BatchResult", "cascade", "corruption_pass", "example_seeds", "threat_model_excess"]
+__all__ = ["BatchResult", "cascade", "corruption_pass", "example_seeds", "min_norm_stage", "threat_model_excess"]
+
+MIN_NORM_STEPS = 20   # FMN's steps in the stage: about the passes of one PGD-10 run without early stop
+
+
+def min_norm_stage(name: str | None, norm: str) -> Any:
+    """The minimum-norm stage a RunSpec asks for (`min_norm`: None, "fmn" or "fmn:STEPS"), or None."""
+    if name is None:
+        return None
+    kind, _, steps = str(name).strip().lower().partition(":")
+    if kind != "fmn":
+        raise UserError(f"unknown minimum-norm stage {name!r}; the one there is: fmn (or fmn:STEPS)")
+    try:
+        n_steps = int(steps) if steps else MIN_NORM_STEPS
+    except ValueError:
+        raise UserError(f"bad minimum-norm stage {name!r}: the steps after 'fmn:' must be a whole number") from None
+    if n_steps < 1:
+        raise UserError(f"bad minimum-norm stage {name!r}: steps must be >= 1")
+    from attacks import canonical_norm
+    from attacks.errors import AttackError
+    try:
+        key = canonical_norm(norm)
+    except AttackError as e:
+        raise UserError(str(e)) from None
+    if key not in ("linf", "l2"):
+        raise UserError(f"the minimum-norm stage fmn supports linf and l2, not {norm}")
+    from attacks.fmn import FMN
+    return FMN(norm=key, steps=n_steps)
 
 
 @dataclass(frozen=True)
@@ -126,10 +153,18 @@ def _refuse_non_finite(model_label: str, what: str, logits: torch.Tensor) -> Non
 def cascade(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray,
             attacks: Sequence[tuple[str, Any]], eps: Sequence[float], *, seed: int, norm: str,
             model_label: str = "model", clean: np.ndarray | None = None,
-            clean_seconds: float = 0.0) -> BatchResult:
+            clean_seconds: float = 0.0, min_norm: Any = None) -> BatchResult:
     """Each attack over the ascending eps on the examples still robust; per example the smallest eps
     that broke it, the part of a composite attack that did, and the worst case over the attacks.
-    `clean` (per example, classified correctly) is computed here when not given."""
+    `clean` (per example, classified correctly) is computed here when not given.
+
+    `min_norm` (an attack with `minimize(model, x, y) -> attacks.fmn.MinNorm`, e.g. `attacks.FMN`): a
+    minimum-norm stage run once on the clean-correct examples first. At each eps its point per example,
+    projected onto the eps-ball, goes through the same threat-model check and re-check as any attack's;
+    where it fools the model the example is broken at that eps (credited to `min_norm.name`), and each
+    attack runs only on the others, with the seeds and inputs it gets without the stage. So an example
+    broken without the stage is broken with it at every eps, and wherever the attack still runs its
+    outcome is the same."""
     if clean is None:
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -141,20 +176,27 @@ def cascade(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.nd
     costs: list[Cost] = []
     n = len(idx)
     worst = worst_by = None
+    stage = _min_norm_stage(model, x, y, clean, min_norm) if min_norm is not None else None
     for a_i, (label, attack) in enumerate(attacks):
         broken = np.where(clean, np.nan, 0.0)
         by = np.full(n, None, dtype=object)
-        composite = False
+        composite = stage is not None
         for e in eps:
             alive = np.flatnonzero(np.isnan(broken))
             t0 = time.perf_counter()
             fwd = bwd = 0
             report = None
+            if stage is not None and len(alive) and e > 0:
+                hit, passes = _min_norm_at(model, x, y, alive, stage, e, norm, model_label)
+                broken[hit] = e
+                by[hit] = stage.name
+                fwd += passes
+                alive = np.flatnonzero(np.isnan(broken))
             if len(alive) and e > 0:
                 sel = torch.as_tensor(alive, device=x.device)
                 xs, ys = x[sel], y[sel]
                 out = attack(model, xs, ys, e, seeds=example_seeds(seed, label, e, idx[alive]), verify=False)
-                fwd, bwd = out.forward, out.backward
+                fwd, bwd = fwd + out.forward, bwd + out.backward
                 what = threat_model_excess(xs, out.x_adv, e, norm)
                 if what is not None:
                     raise ThreatModelViolation(label, e, norm, what)
@@ -169,9 +211,14 @@ def cascade(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.nd
                     composite = True
                     by[alive[~still]] = [names[j] if names[j] is not None else "unattributed"
                                          for j in np.flatnonzero(~still)]
+                elif stage is not None:
+                    by[alive[~still]] = label
             seconds = time.perf_counter() - t0
             if a_i == 0 and e == eps[0]:
                 seconds += clean_seconds
+                if stage is not None:   # the stage's one run is paid with the first point
+                    seconds, fwd, bwd = seconds + stage.seconds, fwd + stage.forward, bwd + stage.backward
+                    report = {**(report or {}), "min_norm_stage": stage.report()}
             costs.append(Cost(label, e, seconds, fwd, bwd, report))
         outcomes.extend(Outcome(label, int(i), bool(c), None if np.isnan(b) else float(b), w if composite else None)
                         for i, c, b, w in zip(idx, clean, broken, by))
@@ -189,6 +236,66 @@ def cascade(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.nd
                                 w if c and not np.isnan(b) else None)
                         for i, c, b, w in zip(idx, clean, worst, worst_by))
     return BatchResult(tuple(outcomes), tuple(costs))
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """The minimum-norm stage's result for one batch: `rows[i]` is example i's row in `x_adv`/`norms`
+    (-1: not attacked, not clean-correct)."""
+    name: str
+    rows: np.ndarray
+    x_adv: torch.Tensor
+    norms: torch.Tensor
+    seconds: float
+    forward: int
+    backward: int
+
+    def report(self) -> dict[str, Any]:
+        found = torch.isfinite(self.norms)
+        return {"name": self.name, "seconds": self.seconds, "forward": self.forward, "backward": self.backward,
+                "attacked": int(self.norms.numel()), "found": int(found.sum()),
+                "median_norm": float(self.norms[found].median()) if bool(found.any()) else None}
+
+
+def _min_norm_stage(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clean: np.ndarray,
+                    min_norm: Any) -> _Stage:
+    t0 = time.perf_counter()
+    ok = np.flatnonzero(clean)
+    rows = np.full(len(clean), -1)
+    rows[ok] = np.arange(len(ok))
+    sel = torch.as_tensor(ok, device=x.device)
+    best = min_norm.minimize(model, x[sel], y[sel])
+    if tuple(best.x_adv.shape) != tuple(x[sel].shape) or tuple(best.norms.shape) != (len(ok),):
+        raise ThreatModelViolation(getattr(min_norm, "name", "min-norm stage"), 0.0, "-",
+                                   f"returned shapes {tuple(best.x_adv.shape)}, {tuple(best.norms.shape)} "
+                                   f"for {len(ok)} examples")
+    return _Stage(getattr(min_norm, "name", "min-norm"), rows, best.x_adv, best.norms,
+                  time.perf_counter() - t0, best.forward, best.backward)
+
+
+def _min_norm_at(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, alive: np.ndarray, stage: _Stage,
+                 eps: float, norm: str, model_label: str) -> tuple[np.ndarray, int]:
+    """Which of the `alive` examples the stage's points, projected onto the eps-ball and the box, break
+    at eps (checked like any attack's output); and the forward passes that took."""
+    from attacks import project
+    rows = stage.rows[alive]
+    has = rows >= 0
+    has[has] = torch.isfinite(stage.norms[torch.as_tensor(rows[has])]).cpu().numpy()
+    cand = alive[has]
+    if not len(cand):
+        return cand, 0
+    sel = torch.as_tensor(cand, device=x.device)
+    xs, ys = x[sel], y[sel]
+    xm = stage.x_adv[torch.as_tensor(rows[has], device=x.device)]
+    xp = (xs + project(xm - xs, eps, norm)).clamp(0.0, 1.0)
+    what = threat_model_excess(xs, xp, eps, norm)
+    if what is not None:
+        raise ThreatModelViolation(stage.name, eps, norm, what)
+    with torch.no_grad():
+        logits = model(xp)
+    _refuse_non_finite(model_label, f"minimum-norm points of {stage.name} at eps={eps:g}", logits)
+    fooled = (logits.argmax(1) != ys).cpu().numpy()
+    return cand[fooled], len(cand)
 
 
 def corruption_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, clean: np.ndarray,

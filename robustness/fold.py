@@ -3,7 +3,9 @@
 In eval mode a batch-norm layer is a fixed per-channel affine map, y = g (z - m) / sqrt(v + e) + b, so
 when it reads nothing but a convolution's output it can be multiplied into that convolution's weights
 and bias: one layer instead of two in every forward and backward pass of an attack. The result is the
-same function up to float rounding (the folded weights are computed in float64, then rounded once).
+same function up to float rounding (the folded weights are computed in float64, then rounded once). Not bit
+for bit: like channels_last, an example at the decision boundary can flip either way (1 in 1,000 in
+benchmarks/bench_pgd.py), so it is an option (`prepare_module(..., fold_bn=True)`), off by default.
 
 Left alone, on purpose:
 - a model in train mode (batch norm then uses batch statistics, not a fixed map);

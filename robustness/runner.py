@@ -28,7 +28,7 @@ from leaderboards import ResultStore, ThreatResult
 from leaderboards.threats import COMBINED, CORRUPTION
 
 from .adaptive import attack_params, review, suggestion
-from .cascade import BatchResult, cascade, corruption_pass
+from .cascade import BatchResult, cascade, corruption_pass, min_norm_stage
 from .data import LoadedDataset, indices_sha256
 from .distributed import World
 from .errors import UserError
@@ -118,6 +118,7 @@ class Evaluator:
         self.norm = self.spec.norm
         self.device = resolve_device(self.world.device_name(spec.device))
         check_corruptions(self.spec)
+        self.min_norm = min_norm_stage(self.spec.min_norm, self.norm)   # None, or FMN run once per batch first
         self._models, self._data, self.argv = models, data, argv
         self.batch_size: int | None = None if spec.batch_size == "auto" else int(spec.batch_size)
 
@@ -282,7 +283,8 @@ class Evaluator:
             raise UserError(f"model {p.label} produced NaN or infinite logits on data set {p.dataset_name}")
         clean = (logits.argmax(1) == y).cpu().numpy()
         res = cascade(model, x, y, idx, self.attacks, p.eps, seed=self.spec.seed, norm=self.norm,
-                      model_label=p.label, clean=clean, clean_seconds=time.perf_counter() - t0)
+                      model_label=p.label, clean=clean, clean_seconds=time.perf_counter() - t0,
+                      min_norm=self.min_norm)
         if not self.spec.corruptions:
             return res
         more = corruption_pass(model, x, y, idx, clean, self.spec.corruptions, self.spec.severities,

@@ -83,6 +83,7 @@ class RunSpec:
     corruption_preset: str | None = None         # imagenet-c | cifar10-c | None: by image size
     clean_dataset: str | None = None             # clean set beside a precomputed one (cifar10-c, ...)
     clean_data_dir: str | None = None
+    min_norm: str | None = None                  # "fmn" or "fmn:STEPS": a minimum-norm stage first (cascade.py)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,6 +91,8 @@ class RunSpec:
                         for a in self.attacks]
         if d["dataset_name"] is None:   # absent unless used: the keys of runs stored before it stay the same
             del d["dataset_name"]
+        if d["min_norm"] is None:   # absent unless used, so the keys of runs stored before it stay the same
+            del d["min_norm"]
         return d
 
     def check(self) -> "RunSpec":
@@ -127,6 +130,9 @@ class RunSpec:
             if unused:
                 raise UserError(f"{unused[0]} applies only to common corruptions: add --attack corruptions "
                                 f"(or drop it)")
+        if self.min_norm is not None:
+            from .cascade import min_norm_stage
+            min_norm_stage(self.min_norm, self.norm)   # refuses an unknown stage or a norm it cannot do
         bad = [s for s in self.severities if isinstance(s, bool) or s not in SEVERITIES]
         if bad or not self.severities:
             raise UserError(f"severities are 1..5, got {', '.join(map(str, bad)) or 'none'}")

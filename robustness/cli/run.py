@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start PGD from a random point of the eps-ball (default: yes)")
     a.add_argument("--loss", choices=("ce", "margin", "dlr"), help="loss iterative attacks ascend (default: ce)")
     a.add_argument("--attack-args", help="extra key=value,... passed to every attack that takes them")
+    a.add_argument("--min-norm", metavar="fmn[:STEPS]",
+                   help="run the minimum-norm attack FMN once per example first (20 steps unless given); at each eps "
+                        "its point projected onto the eps-ball, re-checked, breaks the example there and the attacks "
+                        "run only on the rest: never weaker than without, rows credit fmn (docs/BENCHMARKS.md)")
     a.add_argument("--adaptive", action="store_true",
                    help="when a model check fires, add adaptive attacks as rows of their own: eot:ATTACK for a "
                         "randomized forward, bpda:ATTACK and transfer:self:pgd for masked gradients (docs/CHECKS.md)")
@@ -156,6 +160,7 @@ def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
                    norm=norms[0], eps=eps[norms[0]], n_examples=args.n_examples, subset=args.subset, seed=args.seed,
                    corruptions=corruptions, severities=parse_severities(args.severity or "1-5"),
                    corruption_preset=args.corruption_preset, clean_dataset=args.clean_dataset,
+                   min_norm=getattr(args, "min_norm", None),
                    clean_data_dir=args.clean_data_dir, **shared)
     return [dataclasses.replace(base, norm=n, eps=eps[n]) for n in norms]
 
