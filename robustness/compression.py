@@ -235,8 +235,20 @@ def weight_sparsity(module: nn.Module) -> float:
     return zeros / total if total else 0.0
 
 
+LATENCY_THREADS = 1     # one thread: on a shared machine more threads mostly measure the neighbours
+
+
 def latency_ms(module: nn.Module, shape: Sequence[int], repeats: int = 50, compile: bool = False) -> float:
-    """Median wall time of one batch-1 forward pass on the CPU, after warm-up."""
+    """Median wall time of one batch-1 forward pass on the CPU with LATENCY_THREADS threads, after warm-up."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        return _latency(module, shape, repeats, compile)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _latency(module: nn.Module, shape: Sequence[int], repeats: int, compile: bool) -> float:
     x = torch.rand(1, *shape)
     fn: Callable = module
     if compile:
@@ -271,7 +283,7 @@ def measure(module: nn.Module, shape: Sequence[int], *, repeats: int = 50, compi
                             nonzero=sum(int((p != 0).sum()) for p in params.values()),
                             sparsity=round(weight_sparsity(module), 6), bits=bits,
                             latency_ms=round(latency_ms(module, shape, repeats), 4), compiled_ms=compiled,
-                            threads=torch.get_num_threads(), load=round(os.getloadavg()[0], 2), machine=_machine())
+                            threads=LATENCY_THREADS, load=round(os.getloadavg()[0], 2), machine=_machine())
 
 
 def _float_weights(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -626,7 +638,7 @@ def _quant_stats(q: QuantizedModel, shape: Sequence[int], repeats: int, compile:
                             nonzero=sum(int((p != 0).sum()) for p in params),
                             sparsity=round(weight_sparsity(q.float_model), 6), bits=8,
                             latency_ms=round(latency_ms(q.reference, shape, repeats), 4), compiled_ms=compiled,
-                            threads=torch.get_num_threads(), load=round(os.getloadavg()[0], 2), machine=_machine())
+                            threads=LATENCY_THREADS, load=round(os.getloadavg()[0], 2), machine=_machine())
 
 
 # ---- training (fine-tuning after pruning, distillation) ----

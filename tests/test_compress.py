@@ -259,3 +259,55 @@ def test_cli_prunes_at_several_sparsities(cli, tmp_path):
         meta = torch.load(tmp_path / f"r20-s{tag}.pt", weights_only=True)["meta"]
         assert math.isclose(meta["compression"][-1]["sparsity"], s, abs_tol=1e-5)
     assert "weight sparsity 90.00%" in r.out
+
+
+def test_compression_report_table_plot_and_site(cli, quantized, tmp_path):
+    """The report's cells are the stored runs' numbers and the checkpoints' measured costs; the Pareto front is
+    the brute-force one; leaderboard --compression, plot --kind compression and the site show it."""
+    import csv
+    import io
+    import json
+
+    import robustness as rb
+    from leaderboards import ResultStore
+    from leaderboards.compression import build_report, render_report
+    need(CIFAR_TEST)
+    pruned = rb.compress(_spec(method="prune", sparsity=0.9, out=str(tmp_path / "p90.pt")))
+    _, qpath = quantized
+    db = tmp_path / "r.db"
+    common = dict(attacks=["fgsm", "pgd"], eps=[1 / 255, 2 / 255], n_examples=24, subset="first", device="cpu",
+                  batch_size=24, store=str(db), corruptions=["gaussian_noise"], severities=[1])
+    evs = {"archs:resnet20": rb.evaluate(ARCH, str(CIFAR_TEST), weights=str(RESNET20), mean=MEAN, std=STD, **common),
+           "p90.pt": rb.evaluate(str(pruned.checkpoint), str(CIFAR_TEST), **common),
+           "int8.pt": rb.evaluate(str(qpath), str(CIFAR_TEST), **common)}
+    with ResultStore(db) as store:
+        report = build_report(store)
+    assert report.base == "archs:resnet20" and [r.model for r in report.rows] == ["archs:resnet20", "int8.pt", "p90.pt"]
+    for row in report.rows:
+        ev = evs[row.model]
+        for eps, label in ((1 / 255, "1/255"), (2 / 255, "2/255")):
+            assert row.attacks[f"fgsm@{label}"] == ev.result(row.model, "fgsm", eps).accuracy
+            assert row.worst[label] == ev.result(row.model, "worst-case", eps).accuracy
+        corr = [r.accuracy for r in ev.results if r.attack.startswith("corruption:")]
+        assert row.corruption_mean == pytest.approx(sum(corr) / len(corr))
+        assert row.clean == ev.results[0].clean_accuracy
+    p90 = report.rows[2]
+    assert p90.size_bytes == pruned.stats.size_bytes and p90.latency_ms == pruned.stats.latency_ms
+    assert p90.sparsity == pytest.approx(0.9, abs=1e-5) and report.rows[1].bits == 8
+    assert report.rows[0].size_bytes == pruned.base.size_bytes          # the base as measured by compress
+    pts = [(r.model, r.gzip_bytes, r.worst["2/255"]) for r in report.rows]
+    brute = [m for m, s, a in pts if not any(s2 <= s and a2 >= a and (s2, a2) != (s, a) for _, s2, a2 in pts)]
+    assert sorted(report.pareto()) == sorted(brute)
+    rows = list(csv.reader(io.StringIO(render_report(report, "csv"))))
+    assert rows[0][:3] == ["Model", "Compression", "Size (KiB)"] and len(rows) == 4
+    assert json.loads(render_report(report, "json"))["base"] == "archs:resnet20"
+    r = cli("leaderboard", "--db", db, "--compression")
+    assert r.code == 0 and "| archs:resnet20" in r.out and "Worst case @2/255" in r.out, r
+    r = cli("leaderboard", "--db", db, "--compression", "--format", "latex")
+    assert r.code == 2 and r.err.count("\n") == 1
+    r = cli("plot", "--db", db, "--kind", "compression", "--out", tmp_path / "c.png")
+    assert r.code == 0 and (tmp_path / "c.png").stat().st_size > 1000, r
+    r = cli("site", "--db", db, "--out", tmp_path / "site")
+    assert r.code == 0, r
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "<h2>Compression</h2>" in page and (tmp_path / "site" / "plots" / "compression.png").is_file()

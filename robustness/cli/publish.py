@@ -131,12 +131,29 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from leaderboards.tables import NeedsOneDataset, render_boards
+    if getattr(args, "compression", None):
+        return _compression_report(args)
     boards = _boards(args)
     try:
         text = render_boards(boards, args.format)
     except NeedsOneDataset as e:
         raise UserError(str(e)) from None
     _write(text, args.out)
+    return 0
+
+
+def _compression_report(args: argparse.Namespace) -> int:
+    """`leaderboard --compression [BASE]`: the base model and its compressed variants (leaderboards/compression.py)."""
+    from leaderboards.compression import REPORT_FORMATS, build_report, render_report
+    if args.format not in REPORT_FORMATS:
+        raise UserError(f"--compression: the report comes as {', '.join(REPORT_FORMATS)}, not {args.format}")
+    models = [m.strip() for m in args.model.split(",")] if getattr(args, "model", None) else None
+    with _open(args.db) as store:
+        try:
+            report = build_report(store, base=None if args.compression == "auto" else args.compression, models=models)
+        except ValueError as e:
+            raise UserError(f"compression report: {e}") from None
+    _write(render_report(report, args.format), args.out)
     return 0
 
 
@@ -147,6 +164,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in (".png", ".svg"):
         raise UserError(f"--out must end in .png or .svg, got {args.out!r}")
     _output_path(args.out)
+    if args.kind == "compression":     # robust accuracy against size (leaderboards/compression.py)
+        from leaderboards.compression import build_report, plot_report
+        with _open(args.db) as store:
+            try:
+                path = plot_report(build_report(store), args.out)
+            except ValueError as e:
+                raise UserError(f"compression plot: {e}") from None
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
     size = _size(args.size)
     protocol = _protocol(args.protocol)
     with _open(args.db) as store:
@@ -240,6 +266,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_source(p)
     p.add_argument("--format", default="md", choices=("md", "csv", "latex", "html", "json"),
                    help="output format (default: md)")
+    p.add_argument("--compression", nargs="?", const="auto", metavar="BASE",
+                   help="the compression report instead: the base model (default: the one the variants name) and "
+                        "its compressed variants with size, latency, clean, each attack, worst case, corruption mean")
     p.add_argument("--out", help="write to this file (default: standard output)")
     p.set_defaults(func=cmd_leaderboard)
 
@@ -251,8 +280,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "certified accuracy against L2 radius from the per-example certificates."),
                        epilog="examples:\n  robust-bench plot --kind eps --out eps.png --dataset digits\n"
                               "  robust-bench plot --kind eps --overlay --out figure.svg --dataset cifar10")
-    p.add_argument("--kind", required=True, choices=("eps", "severity", "corruptions", "radius"),
-                   help="radius: certified accuracy against L2 radius (results of robust-bench certify)")
+    p.add_argument("--kind", required=True, choices=("eps", "severity", "corruptions", "radius", "compression"),
+                   help="radius: certified accuracy against L2 radius (results of robust-bench certify); compression: "
+                        "worst-case accuracy against size of a base model and its compressed variants, Pareto front")
     p.add_argument("--out", required=True, help="image file, .png or .svg")
     p.add_argument("--size", help="image size in pixels, WIDTHxHEIGHT (default: fits the panels)")
     p.add_argument("--overlay", action="store_true",
