@@ -19,6 +19,11 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "recipes":     # the training recipes (robustness/cli/train.py owns their listing)
         from .train import list_recipes
         return list_recipes()
+    from ._listing_cache import cached_output   # replayed without importing torch (start-up, issue 14)
+    return cached_output(args.what, lambda: _listing(args))
+
+
+def _listing(args: argparse.Namespace) -> int:
     from attacks import attack_names, get_attack_entry
 
     from ..data import registered_datasets
