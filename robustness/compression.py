@@ -661,9 +661,15 @@ def _fit(module: nn.Module, recipe, spec: CompressSpec, x: torch.Tensor, y: torc
         result = trainer.fit()
     except TrainingError as e:
         raise UserError(str(e)) from None
+    if result.failure is not None:
+        raise UserError(f"training after {'pruning' if spec.method == 'prune' else 'distillation'} failed: "
+                        f"{result.failure.message}")
     if result.best_epoch >= 1:
         module.load_state_dict(result.best_state)
     module.cpu().eval()
+    bad = [n for n, t in module.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(f"training diverged: {bad[0]} holds NaN or infinite values; lower --lr")
     return result
 
 
@@ -765,7 +771,9 @@ def compress(spec: CompressSpec, *, model: LoadedModel | None = None, log: Calla
         student = Normalized(student_inner, mean, std) if mean is not None else student_inner
         eps = eps if eps is not None else _default_eps(dinfo, spec.defense)
         epochs = spec.epochs if spec.epochs is not None else 10
-        lr = spec.lr or 0.1
+        # batch-normalized students take SGD at 0.1; plain ones diverge there (small-cnn did, at 20k CIFAR images)
+        lr = spec.lr or (0.1 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+                         else 0.01)
         recipe = _recipe(spec, eps, full)
         say(f"distilling {base_spec} into {spec.arch}: {epochs} epochs, {recipe.name}, {len(x)} examples")
         result = _fit(student, recipe, spec, x, y, val, epochs, eps, None, lr, say)
