@@ -67,13 +67,16 @@ class Autocast(nn.Module):
 
 
 def prepare_module(module: nn.Module, device: torch.device, precision: str, channels_last: bool,
-                   fold_bn: bool = False) -> nn.Module:
+                   fold_bn: bool = False, compile_model: bool = False) -> nn.Module:
     module = module.to(device).eval()
     if fold_bn:   # batch norm multiplied into the convolutions (robustness/fold.py); a no-op where it cannot be
         from .fold import fold_batchnorm
         module = fold_batchnorm(module).module
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
+    if compile_model:   # torch.compile, eager where it fails (robustness/fold.py)
+        from .fold import CompiledOrEager
+        module = CompiledOrEager(module)
     if precision in ("bf16", "fp16"):
         module = Autocast(module, device.type, torch.bfloat16 if precision == "bf16" else torch.float16)
     elif precision != "fp32":

@@ -199,3 +199,40 @@ def test_pgd_outcomes_on_the_folded_model_match_the_original(resnet20_cifar):
         broken_b = (model(b.x_adv).argmax(1) != y).numpy()
     assert 10 < broken_a.sum() < 100
     assert int((broken_a != broken_b).sum()) <= 2
+
+
+def test_compile_falls_back_to_eager_where_it_fails(monkeypatch):
+    from robustness.fold import CompiledOrEager
+    from robustness.preparation import prepare_module
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler found\nmore")
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(0)
+    model = _randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()))
+    wrapped = prepare_module(model, torch.device("cpu"), "fp32", False, compile_model=True)
+    assert isinstance(wrapped, CompiledOrEager)
+    x = torch.rand(5, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), model(x))
+    assert wrapped.fallback == "RuntimeError: no C++ compiler found"
+    assert sorted(wrapped.state_dict()) == sorted("module." + k for k in model.state_dict())
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_forward_and_input_gradient():
+    from robustness.fold import CompiledOrEager
+    torch.manual_seed(0)
+    model = _randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                        nn.Linear(64, 3)))
+    wrapped = CompiledOrEager(model)
+    for n in (6, 5):   # a second batch size: dynamic shapes
+        x = torch.rand(n, 3, 6, 6, requires_grad=True)
+        a = wrapped(x)
+        ga, = torch.autograd.grad(a.sum(), x)
+        b = model(x)
+        gb, = torch.autograd.grad(b.sum(), x)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and torch.allclose(ga, gb, rtol=1e-5, atol=1e-5)
+    if wrapped.fallback is not None:
+        pytest.skip(f"torch.compile does not work here: {wrapped.fallback}")
+    assert wrapped.__dict__["_compiled"] is not None   # the comparisons above were of the compiled module
