@@ -150,6 +150,8 @@ def suggestion(findings: Sequence[Finding], argv: Sequence[str] | None, spec: Ru
     ran = [a.shown for a in spec.attacks if is_adaptive(a.name, a.kwargs)]
     out = []
     for f in findings:
+        if f.code == "gradient_masking" and (f.attack or "").startswith(("bpda:", "transfer:")):
+            continue    # the adaptive rows are the answer to the masked gradients, not affected by them
         if f.code not in ("randomized_forward", "gradient_masking"):
             out.append(f)
             continue
