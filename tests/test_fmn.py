@@ -54,7 +54,7 @@ def test_fmn_matches_adv_lib_on_the_same_examples(digits_at, norm, eps):
     assert found.float().mean() > 0.85
     assert abs(float(found.float().mean()) - float(ref_fooled.float().mean())) <= 0.015
     # the robust fraction a curve reads off the minima: within 1.5 points of adv-lib's at every eps
-    # (measured: within 0.3 points; 20 steps, 356 examples)
+    # (measured: within 0.5 points; 20 steps, 356 examples)
     for e in eps:
         a, b = float((ours.norms > e).float().mean()), float((ref_norms > e).float().mean())
         assert abs(a - b) <= 0.015, (e, a, b)
