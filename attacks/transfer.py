@@ -40,6 +40,9 @@ class Ensemble(nn.Module):
     def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        # a new Module says training=True, and an attack restores "the model's" mode on exit: that would
+        # put the members (the target itself, for "self") in train mode
+        self.train(any(m.training for m in members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.members) == 1:

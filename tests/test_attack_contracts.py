@@ -61,9 +61,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # adaptive families (attacks/eot.py, attacks/bpda.py), swept through FAMILIES below
     "eot:pgd": {"eot": 3},
     "bpda:pgd": {},
+    "transfer:self:pgd": {},
 }
 # attack families resolved by prefix that the sweep covers too (each wraps a registered attack)
-FAMILIES = ("eot:pgd", "bpda:pgd")
+FAMILIES = ("eot:pgd", "bpda:pgd", "transfer:self:pgd")
 SLOW = {"torchattacks:AutoAttack", "autoattack-package"}
 
 

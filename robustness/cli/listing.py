@@ -53,6 +53,11 @@ def _listing(args: argparse.Namespace) -> int:
             note = BATCH_NOTE if e.batch_dependent else ""
             print(f"  {name:<18} [{'/'.join(e.norms)}]{kind} {e.description}{note}\n  {'':<18} args: {params}")
         print("  corruptions        the common corruptions (--corruptions, --severity; see docs/CORRUPTIONS.md)")
+        print("adaptive attacks (rows of their own; --adaptive adds them where a check fires, docs/CHECKS.md):")
+        print("  eot:ATTACK         ATTACK against the expected prediction of eot=N passes (default 20; eot=N works on any attack)")
+        print("  bpda:ATTACK        ATTACK with the masking parts the identity on the backward pass (bpda=auto|PATH, --bpda)")
+        print("  transfer:MODEL[+MODEL...][:ATTACK]   ATTACK (pgd) crafted on surrogate models (self: the model without its "
+              "masking parts), evaluated on the target (black box)")
         try:
             from attacks.torchattacks_adapter import list_torchattacks
             rows = list_torchattacks()
