@@ -88,9 +88,11 @@ def diagnose(history: Sequence[Mapping[str, Any]], config: Any, *, adversarial: 
     elif adversarial and not config.eps_warmup:
         cause = (f"the attack budget may be too large to learn from at the start: ramp it up with --eps-warmup "
                  f"EPOCHS (e.g. {max(1, config.epochs // 3)}), or try another --lr (now {config.lr:g})")
+    elif config.optimizer == "sgd":
+        cause = (f"SGD at --lr {config.lr:g} may not suit the architecture (networks without batch norm often "
+                 f"stay at chance with it): try --optimizer adamw --lr 5e-3, another --lr, or more --epochs")
     else:
-        cause = (f"the learning rate may not suit the architecture: try --lr {config.lr / 10:g} (now "
-                 f"{config.lr:g}), or --optimizer adamw --lr 1e-3, or more --epochs")
+        cause = f"the learning rate may not suit the architecture: try another --lr (now {config.lr:g}) or more --epochs"
     last_loss = history[-1].get("train_loss")
     loss = f", final training loss {last_loss:.3f}" if isinstance(last_loss, float) else ""
     return TrainingFailure("chance", f"training stayed at chance level (best {what} {_pct(best)}, chance "

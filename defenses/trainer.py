@@ -268,6 +268,7 @@ _EARLY_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_de
                "precision", "channels_last", "head", "backbone_lr_mult", "train_backbone", "val_eps", "val_norm",
                "val_steps", "select_by", "eps_warmup")
 _EARLY_RECIPE_KEYS = ("eps", "norm", "steps", "step_size", "beta", "scale_attack_loss")
+_LEGACY_RECIPE = {"clip_start": True}   # what a state file without the field was trained with
 
 
 class Trainer:
@@ -306,7 +307,7 @@ class Trainer:
         # fields newer than the state file compare as their defaults
         defaults = TrainConfig().fingerprint()
         saved_config, saved_recipe = state.get("config") or {}, state.get("recipe") or {}
-        recipe_defaults = {f.name: f.default for f in dataclasses.fields(self.recipe)
+        recipe_defaults = {f.name: _LEGACY_RECIPE.get(f.name, f.default) for f in dataclasses.fields(self.recipe)
                            if f.default is not dataclasses.MISSING and f.name not in _EARLY_RECIPE_KEYS}
         saved = {**{k: v for k, v in defaults.items() if k not in saved_config and k not in _EARLY_KEYS},
                  **saved_config,

@@ -23,10 +23,13 @@ from .training import TrainingFailed, TrainOutcome, TrainSpec, eps_label
 _DEFAULT_LR = {("sgd", "scratch"): 0.1, ("sgd", "linear"): 0.1, ("sgd", "full"): 0.01, ("sgd", "none"): 0.01,
                ("adamw", "scratch"): 1e-3, ("adamw", "linear"): 1e-3, ("adamw", "full"): 1e-4,
                ("adamw", "none"): 1e-4}
-# from scratch, architectures without batch norm do not tolerate SGD at 0.1 under adversarial training
-# (measured: small-cnn on MNIST at eps 0.3 stays at chance; docs/TRAINING.md); their SGD default
-_PLAIN_SGD_LR = 0.01
+from .peft_run import DEFAULT_LR as _PEFT_LR, PEFT_FINETUNE  # noqa: E402 - lora / bitfit rates
+_DEFAULT_LR.update(_PEFT_LR)
 _DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
+# adversarial training from scratch of a network without batch norm: Adam(W) at 5e-3 without weight decay,
+# the MNIST setting of Wong et al. 2020 (SGD at 0.1 or 0.01 stays at chance on small-cnn at MNIST eps 0.3,
+# measured in docs/TRAINING.md)
+_PLAIN_ADVERSARIAL = ("adamw", 5e-3, 0.0)
 _IN_MEMORY_LIMIT = 4 << 30
 # an L-inf budget at least this large (a third of MNIST's 0.3) gets an eps warm-up by default
 _LARGE_LINF_EPS = 0.1
@@ -142,6 +145,7 @@ class _Plan:
         self.preprocess = None
         self.head: str | None = None          # name in the training module
         self.head_replaced = False
+        self.peft = None                      # --finetune lora|bitfit: robustness.peft_run.PeftState
         self.base: str | None = None          # the --model spec
         self.base_info = None
         self.note: str | None = None
@@ -218,6 +222,9 @@ def _foreign_form(plan: _Plan, num_classes: int) -> None:
     head = plan.head[len(plan.prefix()):] if plan.head else None
     if info.source == "torchvision":
         plan.arch, plan.arch_kwargs = f"torchvision:{info.arch}", {"num_classes": num_classes, "head": head}
+    elif info.source == "timm":
+        kwargs = {k: v for k, v in (info.extra or {}).get("create_kwargs", {}).items() if k != "num_classes"}
+        plan.arch, plan.arch_kwargs = f"timm:{info.arch}", {"kwargs": kwargs, "num_classes": num_classes, "head": head}
     elif info.source == "robustbench":
         board = (info.extra or {}).get("robustbench_board", "cifar10/Linf")
         plan.arch = f"robustbench:{board}/{info.arch}"
@@ -309,6 +316,9 @@ def _plan_model(spec: TrainSpec, loaded, dinfo, sample: torch.Tensor, finetune: 
                 freeze_backbone(full, head)
         if not _registry_form(plan, num_classes):
             _foreign_form(plan, num_classes)
+        if finetune in PEFT_FINETUNE:   # after the form: the checkpoint describes the architecture without it
+            from .peft_run import apply
+            plan.peft = apply(full, plan.head, spec, log)
     plan.full = full
     return plan
 
@@ -321,13 +331,17 @@ def _has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def default_lr(optimizer: str, kind: str, module: nn.Module, adversarial: bool) -> float:
-    """The peak rate when --lr is not given. SGD at 0.1 from scratch suits batch-normalized networks; a
-    plain convolutional network under adversarial training stays at chance with it, so it gets 0.01."""
-    lr = _DEFAULT_LR[(optimizer, kind)]
-    if optimizer == "sgd" and kind == "scratch" and adversarial and not _has_batch_norm(module):
-        lr = _PLAIN_SGD_LR
-    return lr
+def default_optimization(spec: TrainSpec, kind: str, module: nn.Module, adversarial: bool) -> tuple[str, float, float]:
+    """(optimizer, peak rate, weight decay) where the spec leaves them open. SGD at 0.1 from scratch suits
+    batch-normalized networks; a plain network under adversarial training from scratch gets AdamW at 5e-3
+    without weight decay (Wong et al.'s MNIST setting) unless an optimizer or a rate is given (a rate alone
+    keeps SGD, the rate's usual meaning)."""
+    plain = kind == "scratch" and adversarial and not _has_batch_norm(module)
+    optimizer = spec.optimizer or (_PLAIN_ADVERSARIAL[0] if plain and spec.lr is None else "sgd")
+    lr, wd = _DEFAULT_LR[(optimizer, kind)], _DEFAULT_WD[optimizer]
+    if plain and optimizer == _PLAIN_ADVERSARIAL[0]:
+        lr, wd = _PLAIN_ADVERSARIAL[1], _PLAIN_ADVERSARIAL[2]
+    return optimizer, spec.lr if spec.lr is not None else lr, spec.weight_decay if spec.weight_decay is not None else wd
 
 
 def default_eps_warmup(defense: str, eps: float, norm: str, epochs: int, diameter: float) -> float:
@@ -474,25 +488,23 @@ def _train(spec: TrainSpec, dist, say, *, command, progress, norm, finetune, out
         raise UserError(f"--lr-milestones apply to --schedule step, not {schedule}")
     select_by = spec.select_by if spec.select_by != "auto" else ("clean" if spec.defense in ("standard", "gaussian")
                                                                  else "pgd")
-    lr = spec.lr
-    if lr is None:
-        lr = default_lr(spec.optimizer, opt_kind, full, recipe.adversarial)
-        if lr != _DEFAULT_LR[(spec.optimizer, opt_kind)]:
-            log(f"note: learning rate {lr:g} ({plan.arch or spec.model} has no batch normalization and does not "
-                f"train adversarially at SGD's usual 0.1; pass --lr to choose)")
+    optimizer, lr, weight_decay = default_optimization(spec, opt_kind, full, recipe.adversarial)
+    if spec.optimizer is None and optimizer != "sgd":
+        log(f"note: optimizer {optimizer} at {lr:g}, weight decay {weight_decay:g} ({plan.arch or spec.model} has "
+            f"no batch normalization and stays at chance under adversarial training with SGD; pass --optimizer "
+            f"to choose)")
     eps_warmup = spec.eps_warmup
     if eps_warmup is None:
         eps_warmup = default_eps_warmup(spec.defense, eps, norm, spec.epochs, diameter)
         if eps_warmup:
             log(f"note: eps warm-up over {eps_warmup:.3g} epochs (eps {eps_label(eps)} is a large budget to learn "
                 f"from the start; pass --eps-warmup 0 to train at the full budget from the first step)")
-    weight_decay = spec.weight_decay if spec.weight_decay is not None else _DEFAULT_WD[spec.optimizer]
     config = TrainConfig(
-        epochs=spec.epochs, batch_size=spec.batch_size, lr=lr, optimizer=spec.optimizer, momentum=spec.momentum,
+        epochs=spec.epochs, batch_size=spec.batch_size, lr=lr, optimizer=optimizer, momentum=spec.momentum,
         weight_decay=weight_decay, schedule=schedule, augment=augment, seed=spec.seed, precision=precision,
         channels_last=spec.channels_last, compile=spec.compile, head=plan.head,
         backbone_lr_mult=spec.backbone_lr_mult if finetune == "full" else 1.0,
-        train_backbone=finetune != "linear", val_eps=0.0 if spec.defense == "gaussian" else eps, val_norm=norm,
+        train_backbone=finetune not in ("linear", *PEFT_FINETUNE), val_eps=0.0 if spec.defense == "gaussian" else eps, val_norm=norm,
         val_steps=spec.val_steps,
         select_by=select_by, eps_warmup=eps_warmup, cycle_peak=spec.cycle_peak,
         lr_milestones=tuple(float(m) for m in spec.lr_milestones) if spec.lr_milestones else None,
@@ -507,7 +519,7 @@ def _train(spec: TrainSpec, dist, say, *, command, progress, norm, finetune, out
         eps=eps, norm=norm, steps=getattr(recipe, "steps", None) if spec.defense in ("pgd", "trades") else None,
         step_size=getattr(recipe, "step_size", None), beta=getattr(recipe, "beta", None), eps_warmup=eps_warmup,
         sigma=getattr(recipe, "sigma", None),
-        lr=lr, weight_decay=weight_decay, schedule=schedule, select_by=select_by, finetune=spec.finetune,
+        lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, select_by=select_by, finetune=spec.finetune,
         mean=plan.mean if spec.model is None else spec.mean, std=plan.std if spec.model is None else spec.std)
 
     # -- data into memory (or streamed) --
@@ -573,7 +585,12 @@ def _train(spec: TrainSpec, dist, say, *, command, progress, norm, finetune, out
         model = full.cpu()
         meta = _meta(resolved, command, plan, dinfo, dataset_spec, recipe, config, result, first, eps, norm,
                      finetune, len(train_idx), val_size, dist.world)
-        if dist.main and out is not None:
+        wrote = False
+        if getattr(plan, "peft", None) is not None:
+            from .peft_run import finish
+            wrote = finish(full, plan.peft, plan, spec, meta, out if dist.main else None, log)
+            checkpoint = out if wrote else None
+        if dist.main and out is not None and not wrote:
             prefix = plan.prefix()
             inner_state = {k[len(prefix):]: v for k, v in full.state_dict().items() if k.startswith(prefix)}
             from .models import save_checkpoint

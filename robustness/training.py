@@ -27,7 +27,7 @@ DEFENSES = ("standard", "fgsm", "pgd", "trades", "gaussian")
 NORMS = ("linf", "l2")
 AUGMENTS = ("auto", "none", "crop", "flip", "crop-flip")
 IN_MEMORY = ("auto", "yes", "no")
-FINETUNE = ("none", "linear", "full")
+FINETUNE = ("none", "linear", "full", "lora", "bitfit")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("auto", "cosine", "cyclic", "step", "constant")
 SELECT_BY = ("auto", "pgd", "clean", "last")
@@ -46,7 +46,11 @@ class TrainSpec:
     arch: str | None = None
     arch_args: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
-    finetune: str | None = None                  # none | linear | full (default with a model: full)
+    finetune: str | None = None                  # none | linear | full | lora | bitfit (default with a model: full)
+    lora_rank: int = 8                           # --finetune lora (robustness/peft_run.py, defenses/peft.py)
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] | None = None  # None: attention + MLP layers of a ViT, else every Conv/Linear
+    save_adapter: bool = False                   # lora/bitfit: write the adapter alone, not merged weights
     backbone_lr_mult: float = 0.1
     weights: str | None = None
     mean: tuple[float, ...] | None = None
@@ -69,13 +73,14 @@ class TrainSpec:
     step_size: float | None = None
     beta: float | None = None
     sigma: float | None = None                   # gaussian: the noise level (default 0.25)
-    clip_start: bool = True                      # fgsm: clip the random start to the [0, 1] box first
+    clip_start: bool = False                     # fgsm: clip the random start to the [0, 1] box first
     eps_warmup: float | None = None              # None: automatic (a ramp for large budgets)
     # optimization
     epochs: int = 10
     batch_size: int = 128
     lr: float | None = None                      # None: what the optimizer and architecture tolerate
-    optimizer: str = "sgd"
+    optimizer: str | None = None                 # None: sgd, or adamw for a network without batch norm
+                                                 # trained adversarially from scratch
     momentum: float = 0.9
     weight_decay: float | None = None
     schedule: str = "auto"
@@ -103,7 +108,7 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         # tuples and plain dicts whatever the caller passed, so specs compare, copy and serialize cleanly
-        for name in ("mean", "std", "lr_milestones"):
+        for name in ("mean", "std", "lr_milestones", "lora_targets"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, tuple):
                 object.__setattr__(self, name, tuple(v) if isinstance(v, (list, tuple)) else v)
@@ -148,7 +153,8 @@ class TrainSpec:
         _choice(self.norm, NORMS, "--norm")
         _choice(self.augment, AUGMENTS, "--augment")
         _choice(self.in_memory, IN_MEMORY, "--in-memory")
-        _choice(self.optimizer, OPTIMIZERS, "--optimizer")
+        if self.optimizer is not None:
+            _choice(self.optimizer, OPTIMIZERS, "--optimizer")
         _choice(self.schedule, SCHEDULES, "--schedule")
         _choice(self.select_by, SELECT_BY, "--select-by")
         _choice(self.precision, PRECISIONS, "--precision")
@@ -167,6 +173,13 @@ class TrainSpec:
             _number(getattr(self, name), name)
         if self.model is None and self.finetune is not None:
             raise UserError("--finetune needs --model (the pretrained model to fine-tune)")
+        if self.finetune != "lora" and (self.lora_rank != 8 or self.lora_alpha != 16.0 or self.lora_targets):
+            raise UserError("--lora-rank/--lora-alpha/--lora-targets apply to --finetune lora")
+        if self.save_adapter and self.finetune not in ("lora", "bitfit"):
+            raise UserError("--save-adapter writes a LoRA or BitFit adapter: it needs --finetune lora or bitfit")
+        _int(self.lora_rank, "lora_rank", minimum=1)
+        if not (_number(self.lora_alpha, "lora_alpha") > 0):
+            raise UserError(f"--lora-alpha must be > 0, got {self.lora_alpha!r}")
         if self.model is not None and self.arch is not None:
             raise UserError("--arch trains from scratch and --model fine-tunes: pass one of them")
         if self.model is None and (self.weights or self.num_classes or self.unsafe_load):
@@ -184,8 +197,8 @@ class TrainSpec:
         if self.defense == "gaussian" and (self.steps is not None or self.step_size is not None or self.eps_warmup):
             raise UserError("--steps/--step-size/--eps-warmup set the inner attack of fgsm, pgd and trades; "
                             "gaussian noise augmentation has none")
-        if not self.clip_start and self.defense != "fgsm":
-            raise UserError("--no-clip-start applies to --defense fgsm only (its random start)")
+        if self.clip_start and self.defense != "fgsm":
+            raise UserError("--clip-start applies to --defense fgsm only (its random start)")
         if self.eps_warmup and self.defense == "standard":
             raise UserError("--eps-warmup ramps the budget of adversarial training; standard training has none")
         if self.stop_after is not None and self.stop_after >= self.epochs and self.resume is None:

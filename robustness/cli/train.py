@@ -61,10 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--arch-args", help="extra key=value,... for the architecture (e.g. dropout=0.3)")
     m.add_argument("--model", help="fine-tune a model, named as in `robust-bench run --model`: a built-in, a "
                                    "torchvision name, robustbench:NAME, path/to/file.py:factory, a checkpoint")
-    m.add_argument("--finetune", choices=("none", "linear", "full"),
+    m.add_argument("--finetune", choices=("none", "linear", "full", "lora", "bitfit"),
                    help="with --model: none = train everything as is (the classes must fit); linear = freeze "
                         "the backbone, train the head (the last nn.Linear; replaced if the class count differs); "
                         "full = train everything, the backbone at --backbone-lr-mult times the rate (default: full)")
+    m.add_argument("--lora-rank", type=positive_int, help="--finetune lora: rank of the update (default 8); lora "
+                   "and bitfit train an adapter (and the head) with the base frozen and in eval mode")
+    m.add_argument("--lora-alpha", type=float, help="--finetune lora: the update is scaled by alpha / rank (default 16)")
+    m.add_argument("--lora-targets", help="--finetune lora: layer names, name suffixes or patterns, comma-separated "
+                   "(default: a ViT's attention and MLP layers, else every Conv2d/Linear but the head)")
+    m.add_argument("--save-adapter", action="store_true", help="lora/bitfit: write the adapter alone (it names its "
+                   "base model) instead of the merged weights")
     m.add_argument("--backbone-lr-mult", type=float,
                    help="learning-rate multiplier of the backbone with --finetune full (default: 0.1)")
     m.add_argument("--weights", help="weights for --model (as in `run`)")
@@ -102,9 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--sigma", type=float, help="gaussian: noise std on [0, 1] pixels, the sigma to certify with "
                                                "(default: 0.25)")
     a.add_argument("--clip-start", action=argparse.BooleanOptionalAction,
-                   help="fgsm: clip the uniform random start to the [0, 1] box before the gradient step (default; "
-                        "Wong et al.'s CIFAR-10 code); --no-clip-start steps from the unclipped start (their MNIST "
-                        "code)")
+                   help="fgsm: clip the uniform random start to the [0, 1] box before the gradient step (Wong "
+                        "et al.'s CIFAR-10 code); default: the gradient at the unclipped start, as the paper's "
+                        "algorithm and their MNIST code (the result is clipped to the box either way)")
     a.add_argument("--eps-warmup", type=float, metavar="EPOCHS",
                    help="ramp the training eps (and step) linearly from 0 over this many epochs (default: a "
                         "third of the run, at most 5, for large budgets such as MNIST at 0.3 (L-inf >= 0.1); "
@@ -112,11 +119,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("optimization")
     o.add_argument("--epochs", type=positive_int, help="epochs (default: 10)")
     o.add_argument("--batch-size", type=positive_int, help="global batch size (default: 128)")
-    o.add_argument("--lr", help="peak learning rate (default: sgd 0.1 from scratch or linear, 0.01 fine-tuning "
-                                "and for adversarial training of networks without batch norm; adamw 1e-3 / 1e-4)")
-    o.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd (momentum 0.9) or adamw (default: sgd)")
+    o.add_argument("--lr", help="peak learning rate (default: sgd 0.1 from scratch or linear, 0.01 fine-tuning; "
+                                "adamw 1e-3 / 1e-4, 5e-3 for adversarial training of a network without batch norm)")
+    o.add_argument("--optimizer", choices=("sgd", "adamw"),
+                   help="sgd (momentum 0.9) or adamw (default: sgd; adamw at 5e-3 without weight decay for "
+                        "adversarial training from scratch of a network without batch norm, unless --lr is given)")
     o.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
-    o.add_argument("--weight-decay", type=float, help="weight decay (default: sgd 5e-4, adamw 0.05)")
+    o.add_argument("--weight-decay", type=float, help="weight decay (default: sgd 5e-4, adamw 0.05; 0 with the "
+                                                      "adamw default of a network without batch norm)")
     o.add_argument("--schedule", choices=("auto", "cosine", "cyclic", "step", "constant"),
                    help="learning rate per step: cosine to 0; cyclic = one cycle peaking at --cycle-peak; step = "
                         "x0.1 at each of --lr-milestones (default 1/2 and 3/4 of training) (auto: cyclic for "
@@ -175,6 +185,8 @@ def spec_from_args(args: argparse.Namespace):
             given[key] = parse_channels(given[key], key)
     if "arch_args" in given:
         given["arch_args"] = parse_kv(given["arch_args"])
+    if "lora_targets" in given:
+        given["lora_targets"] = tuple(s.strip() for s in given["lora_targets"].split(",") if s.strip())
     if "lr_milestones" in given:
         items = [s for s in given["lr_milestones"].split(",") if s.strip()]
         if not items:
