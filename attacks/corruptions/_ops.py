@@ -223,10 +223,11 @@ def fft_length(n: int) -> int:
     return best
 
 
-def _complex_mul(a: Tensor, b: Tensor) -> Tensor:
-    """a * b (broadcasting) in real arithmetic: torch's complex multiply rounds differently in its
-    vectorised loop and its scalar tail, which would make a value depend on where in the batch
-    the image sits."""
+_SIMD_BLOCK = 64  # a multiple of every CPU's vector loop stride for complex64/128 (AVX-512: 2 x 8)
+
+
+def _complex_mul_exact(a: Tensor, b: Tensor) -> Tensor:
+    """a * b in real arithmetic (broadcasting): the same value for an element wherever it sits."""
     ar, ai = torch.view_as_real(a).unbind(-1)
     br, bi = torch.view_as_real(b).unbind(-1)
     return torch.complex(ar * br - ai * bi, ar * bi + ai * br)
@@ -235,15 +236,27 @@ def _complex_mul(a: Tensor, b: Tensor) -> Tensor:
 def _fft_correlate_valid(xp: Tensor, kernels: Tensor) -> Tensor:
     """Valid correlation of padded images ``xp`` (B, C, Hp, Wp) with per-image kernels (B, kh, kw).
 
-    Circular convolution at any length >= Hp reproduces the valid part of the linear one."""
+    Circular convolution at any length >= Hp reproduces the valid part of the linear one.
+
+    Exactness per image: torch's complex multiply rounds differently in its vectorised loop
+    and its scalar tail, so an image's spectrum must not straddle the two.  With one intra-op
+    thread (as `corrupt` runs) that holds when each image plane's length is a multiple of the
+    vector stride: the FFT height is rounded up to make it so where that costs little, and
+    otherwise the product is done in real arithmetic."""
     B, C, Hp, Wp = xp.shape
     kh, kw = kernels.shape[-2:]
     Lh, Lw = fft_length(Hp), fft_length(Wp)
+    Lf = Lw // 2 + 1
+    if (Lh * Lf) % _SIMD_BLOCK:
+        aligned = -(-Hp // _SIMD_BLOCK) * _SIMD_BLOCK
+        if aligned <= 1.25 * Lh:
+            Lh = aligned
     ctype = torch.float64 if xp.dtype == torch.float64 else torch.float32
     kf = torch.flip(kernels, dims=(-2, -1)).to(ctype)
     Xf = torch.fft.rfft2(xp.to(ctype), s=(Lh, Lw))
     Kf = torch.fft.rfft2(kf, s=(Lh, Lw)).unsqueeze(1)
-    y = torch.fft.irfft2(_complex_mul(Xf, Kf), s=(Lh, Lw))
+    prod = Xf * Kf if (Lh * Lf) % _SIMD_BLOCK == 0 else _complex_mul_exact(Xf, Kf)
+    y = torch.fft.irfft(torch.fft.ifft(prod, dim=-2), n=Lw, dim=-1)
     return y[..., kh - 1:Hp, kw - 1:Wp].to(xp.dtype)
 
 
