@@ -210,10 +210,12 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
              data_dir: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
              num_classes: int | None = None, weights: str | None = None, name: str | None = None,
              log: Callable[[str], None] | None = None, progress: bool = False,
-             dataset_name: str | None = None) -> Evaluation:
+             dataset_name: str | None = None, adaptive: Any = None) -> Evaluation:
     """Evaluate one or several models (names, nn.Modules or LoadedModels; or a whole RunSpec) on a data
     set (a name, tensors, a Dataset; None: each model's own) under `attacks` (names, AttackSpecs or
-    attack objects such as `attacks.PGD(steps=50)`) at each eps, and the common `corruptions`."""
+    attack objects such as `attacks.PGD(steps=50)`) at each eps, and the common `corruptions`.
+    `adaptive=True` (or a `robustness.adaptive.Adaptive`) adds EOT, BPDA and transfer rows when the
+    model checks find a randomized forward pass or masked gradients, as `run --adaptive` does."""
     from .distributed import World
     from .runner import Evaluator, run_document
     objects: list[LoadedModel] | None = None
@@ -249,8 +251,11 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
                        precision=precision, channels_last=channels_last, model_options=opts, tag=tag,
                        corruptions=tuple(corruptions), severities=tuple(severities),
                        corruption_preset=corruption_preset)
+    if adaptive is True:
+        from .adaptive import Adaptive
+        adaptive = Adaptive()
     evaluator = Evaluator(spec, log=log or (lambda s: None), progress=progress, world=World(), models=objects,
-                          data=loaded_data)
+                          data=loaded_data, adaptive=adaptive or None)
     prepared = evaluator.prepare()
     db, owned = _open_store(store)
     try:

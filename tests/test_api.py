@@ -108,3 +108,18 @@ def test_no_module_outside_the_cli_parses_arguments():
             if rel.as_posix() != "__main__.py":
                 offenders.append(rel.as_posix())
     assert offenders == []
+
+
+def test_adaptive_through_the_api_adds_the_rows_the_cli_adds(tmp_path):
+    model = tmp_path / "q.py"
+    model.write_text("import torch\nfrom robustness.models import create_model\n"
+                     "class Q(torch.nn.Module):\n    def __init__(self):\n        super().__init__(); "
+                     "self.net = create_model('digits-cnn').module\n"
+                     "    def forward(self, x):\n        return self.net(torch.round(x * 16) / 16)\n"
+                     "def make():\n    return Q()\n")
+    ev = rb.evaluate(f"{model}:make", "digits", attacks=["pgd"], eps=[0.125], n_examples=60, adaptive=True)
+    attacks = {r.attack for r in ev.results}
+    assert any(a.startswith("bpda:") for a in attacks) and any(a.startswith("transfer:") for a in attacks)
+    pgd = ev.result(f"q:make", "pgd", 0.125)
+    worst = ev.result(f"q:make", "worst-case", 0.125)
+    assert worst.accuracy < pgd.accuracy   # the adaptive rows break what masked-gradient PGD cannot
