@@ -210,7 +210,8 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
              data_dir: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
              num_classes: int | None = None, weights: str | None = None, name: str | None = None,
              log: Callable[[str], None] | None = None, progress: bool = False,
-             dataset_name: str | None = None, adaptive: Any = None) -> Evaluation:
+             dataset_name: str | None = None, adaptive: Any = None, fold_bn: bool = False,
+             compile: bool = False) -> Evaluation:
     """Evaluate one or several models (names, nn.Modules or LoadedModels; or a whole RunSpec) on a data
     set (a name, tensors, a Dataset; None: each model's own) under `attacks` (names, AttackSpecs or
     attack objects such as `attacks.PGD(steps=50)`) at each eps, and the common `corruptions`.
@@ -248,7 +249,8 @@ def evaluate(model: Any, data: Any = None, *, attacks: Sequence[Any] = ("fgsm", 
                        split=split,
                        attacks=_attack_specs(attacks, norm), norm=norm, eps=eps_t,
                        n_examples=n_examples, subset=subset, seed=seed, batch_size=batch_size, device=device,
-                       precision=precision, channels_last=channels_last, model_options=opts, tag=tag,
+                       precision=precision, channels_last=channels_last, fold_bn=fold_bn, compile=compile,
+                       model_options=opts, tag=tag,
                        corruptions=tuple(corruptions), severities=tuple(severities),
                        corruption_preset=corruption_preset)
     if adaptive is True:

@@ -257,7 +257,8 @@ def prepare(spec: RunSpec, attacks: Sequence[tuple[str, Any]], device: torch.dev
                 check_eps(e, norm)
             except ValueError as err:
                 raise UserError(str(err)) from None
-        module = prepare_module(loaded.module, device, spec.precision, spec.channels_last)
+        module = prepare_module(loaded.module, device, spec.precision, spec.channels_last,
+                                fold_bn=spec.fold_bn, compile_model=spec.compile)
         p = Prepared(label, LoadedModel(module, loaded.info), dataset,
                      ds_name if corrupted else dataset.info.name, indices,
                      tuple(sorted(set(float(e) for e in eps or ()))), corrupted)

@@ -84,6 +84,10 @@ class RunSpec:
     clean_dataset: str | None = None             # clean set beside a precomputed one (cifar10-c, ...)
     clean_data_dir: str | None = None
     min_norm: str | None = None                  # "fmn" or "fmn:STEPS": a minimum-norm stage first (cascade.py)
+    # evaluation speed-ups that change numbers only by float rounding (robustness/fold.py): batch norm
+    # folded into the convolutions, torch.compile (eager where it fails); part of the run key when on
+    fold_bn: bool = False
+    compile: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +97,9 @@ class RunSpec:
             del d["dataset_name"]
         if d["min_norm"] is None:   # absent unless used, so the keys of runs stored before it stay the same
             del d["min_norm"]
+        for flag in ("fold_bn", "compile"):
+            if not d[flag]:
+                del d[flag]
         return d
 
     def check(self) -> "RunSpec":

@@ -123,3 +123,17 @@ def test_adaptive_through_the_api_adds_the_rows_the_cli_adds(tmp_path):
     pgd = ev.result(f"q:make", "pgd", 0.125)
     worst = ev.result(f"q:make", "worst-case", 0.125)
     assert worst.accuracy < pgd.accuracy   # the adaptive rows break what masked-gradient PGD cannot
+
+
+def test_fold_bn_is_its_own_run_with_the_same_outcomes_up_to_rounding(cli, tmp_path):
+    db = tmp_path / "r.db"
+    for extra in ((), ("--fold-bn",)):
+        res = cli("run", "--model", "digits-cnn-at", "--attack", "pgd", "--eps", "0.1", "--n-examples", "120",
+                  "--db", db, *extra)
+        assert res.code == 0, res
+    with ResultStore(db) as s:
+        runs = s.runs()
+        assert len(runs) == 2 and runs[0].key != runs[1].key
+        a, b = (s.results(r.run_id, with_examples=True)[0].per_example.correct for r in runs)
+    # folding changes logits only by float rounding (tests/test_fold.py bounds it): at most 1 flip in 120
+    assert sum(x != y for x, y in zip(a, b)) <= 1

@@ -100,6 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fp32, or autocast to bf16/fp16 (logits and losses stay fp32)")
     e.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="channels_last memory format (faster convolutions on GPUs)")
+    e.add_argument("--fold-bn", action="store_true",
+                   help="fold batch norm into the convolutions for evaluation (faster; logits equal up to float "
+                        "rounding, which can flip about 1 outcome in 1,000 either way; docs/BENCHMARKS.md)")
+    e.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (eager where compiling fails; pays on long runs only)")
     e.add_argument("--seed", type=int, default=0, help="seed of the example sample and random starts")
     e.add_argument("--tag", help="a free label stored with the run, e.g. a release name")
     e.add_argument("--db", default="results.db", help="SQLite results store (default: ./results.db)")
@@ -131,6 +136,7 @@ def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
     shared = dict(models=parse_list(args.model), data_dir=args.data_dir, dataset_name=args.dataset_name,
                   batch_size=args.batch_size,
                   device=args.device, precision=args.precision, channels_last=args.channels_last,
+                  fold_bn=args.fold_bn, compile=args.compile,
                   model_options=opts, tag=args.tag)
     if getattr(args, "protocol", None):   # the protocol fixes data, examples, norm, eps and attacks
         from .publish import check_protocol_flags
