@@ -3,7 +3,8 @@
   chance     accuracy never left chance level (the most frequent class's share, plus a tenth of the way to
              100%): nothing was learned; a learning rate of 0 or far too high, or an attack budget too large
              to learn from at the start. Judged after at least MIN_STEPS optimizer steps, on validation
-             clean accuracy when there are at least MIN_VAL validation examples, else on training accuracy;
+             clean accuracy when there are at least MIN_VAL validation examples, else on the final model's
+             clean accuracy on (up to 1,000) training images;
              a smoke test of a few steps on a handful of images is not judged.
   diverged   the training loss became NaN or infinite: the learning rate is too high for the architecture,
              or fp16 overflowed.
@@ -43,11 +44,14 @@ def _pct(v: float) -> str:
 
 def diagnose(history: Sequence[Mapping[str, Any]], config: Any, *, adversarial: bool, chance: float | None,
              diverged: Mapping[str, Any] | None = None, best_epoch: int | None = None,
-             steps: int | None = None, n_val: int | None = None) -> TrainingFailure | None:
+             steps: int | None = None, n_val: int | None = None,
+             train_clean: float | None = None) -> TrainingFailure | None:
     """The first failure that applies (diverged, collapsed, chance), or None. `config` is the TrainConfig
     (read for the options to suggest); `history` holds the validated epochs, `diverged` the row of the
     epoch whose loss stopped being finite, `steps` the optimizer steps taken and `n_val` the validation
-    examples (None: enough)."""
+    examples (None: enough). Without validation, `train_clean` is the final model's clean accuracy on
+    training examples; the training accuracy of the history is the accuracy on the training inputs,
+    adversarial ones for adversarial training, and says nothing about chance level there."""
     keep = f"; the checkpoint keeps epoch {best_epoch}" if best_epoch else "; no epoch is worth keeping"
     if diverged is not None:
         hint = f"lower --lr (now {config.lr:g})"
@@ -76,7 +80,9 @@ def diagnose(history: Sequence[Mapping[str, Any]], config: Any, *, adversarial: 
     if n_val is not None and n_val < MIN_VAL:
         measured = []
     what = "validation clean accuracy"
-    if not measured:
+    if not measured and train_clean is not None:
+        measured, what = [train_clean], "clean accuracy on training images"
+    if not measured and not adversarial:
         measured, what = [r.get("train_acc") for r in history if r.get("train_acc") is not None], "training accuracy"
     if not measured:
         return None

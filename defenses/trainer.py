@@ -409,14 +409,35 @@ class Trainer:
         net.eval()
         if best is None and diverged is None:
             raise TrainingError("no epoch was run")
-        failure = diagnose(history, cfg, adversarial=self.recipe.adversarial, chance=self._chance(),
-                           diverged=diverged, best_epoch=int(best["epoch"]) if best else None,
-                           steps=len(history) * self.steps_per_epoch,
-                           n_val=0 if self.val is None else int(self.val[1].shape[0])) \
-            if finished or diverged else None
+        failure = None
+        if finished or diverged:
+            n_val = 0 if self.val is None else int(self.val[1].shape[0])
+            train_clean = self._train_clean(attack_net) if n_val == 0 and diverged is None else None
+            failure = diagnose(history, cfg, adversarial=self.recipe.adversarial, chance=self._chance(),
+                               diverged=diverged, best_epoch=int(best["epoch"]) if best else None,
+                               steps=len(history) * self.steps_per_epoch, n_val=n_val, train_clean=train_clean)
         if best is None:                      # diverged in the first epoch: no weights worth keeping
             return TrainResult(net, {}, 0, history, True, len(history), failure)
         return TrainResult(net, best["state"], int(best["epoch"]), history, finished, len(history), failure)
+
+    @torch.no_grad()
+    def _train_clean(self, model: nn.Module, n: int = 1000) -> float | None:
+        """Clean accuracy of the final model on the first `n` training examples held in memory (the same on
+        every process): what tells chance level when there is no validation split."""
+        x_all, y_all = getattr(self.train_data, "x", None), getattr(self.train_data, "y", None)
+        if x_all is None or y_all is None:
+            return None
+        was = model.training
+        model.eval()
+        correct = 0
+        m = min(n, int(y_all.shape[0]))
+        for i in range(0, m, self.config.eval_batch_size):
+            x = x_all[i:min(m, i + self.config.eval_batch_size)].to(self.dist.device).float()
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            correct += int((model(x).argmax(1).cpu() == y_all[i:i + x.shape[0]].cpu()).sum())
+        model.train(was)
+        return correct / max(m, 1)
 
     def _chance(self) -> float | None:
         """Accuracy of always answering the most frequent class of the data the accuracy is measured on

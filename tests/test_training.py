@@ -195,6 +195,10 @@ def test_a_run_that_stays_at_chance_exits_3_names_the_cause_and_marks_the_checkp
             "--out", ckpt)
     assert r.code == 0 and r.err.startswith("warning: training failed: training stayed at chance"), r
     assert torch.load(ckpt, weights_only=True)["meta"]["training_failure"]["kind"] == "chance"
+    # without a validation split: the final model's clean accuracy on training images decides
+    r = cli("train", *FAST, "--val-size", "0", "--defense", "fgsm", "--eps", "0.1", "--lr", "0", "--epochs", "3",
+            "--quiet", "--out", ckpt)
+    assert r.code == 3 and "clean accuracy on training images" in r.err, r
 
 
 def test_a_diverging_run_stops_and_says_so(cli, tmp_path):
@@ -230,6 +234,12 @@ def test_collapse_and_chance_diagnosis_from_a_history():
     assert diagnose(no_val, cfg, adversarial=False, chance=0.1, best_epoch=1, n_val=0, steps=20) is None
     f = diagnose(no_val, cfg, adversarial=False, chance=0.1, best_epoch=1, n_val=0, steps=500)
     assert f.kind == "chance" and "training accuracy 10.0%" in f.message
+    # adversarial training accuracy is accuracy under attack: only the clean accuracy on training images counts
+    # (measured: Madry's recipe after 360 steps, 18.2% adversarial training accuracy at 69.3% clean test accuracy)
+    assert diagnose(no_val, cfg, adversarial=True, chance=0.1, best_epoch=1, n_val=0, steps=500) is None
+    assert diagnose(no_val, cfg, adversarial=True, chance=0.1, best_epoch=1, n_val=0, steps=500, train_clean=0.69) is None
+    f = diagnose(no_val, cfg, adversarial=True, chance=0.1, best_epoch=1, n_val=0, steps=500, train_clean=0.1)
+    assert f.kind == "chance" and "clean accuracy on training images 10.0%" in f.message
 
 
 def test_sync_bn_is_refused_on_cpu_processes_and_a_no_op_in_one(cli, tmp_path, monkeypatch):
