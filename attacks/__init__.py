@@ -13,6 +13,7 @@ from .bpda import BPDA
 from .eot import EOT
 from .errors import AttackConfigError, AttackError, AttackUnavailable, ThreatModelViolation
 from .fab import FAB
+from .fmn import FMN
 from .fgsm import FGSM
 from .l1 import PGDL1
 from .pgd import PGD
@@ -24,7 +25,7 @@ from .square import Square
 from .transfer import Transfer
 
 __all__ = ["NORMS", "APGD", "APGDT", "AttackConfigError", "AttackError", "AttackOutput", "AttackEntry",
-           "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "BPDA", "EOT", "FAB", "FGSM", "Finding", "PGD",
+           "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "BPDA", "EOT", "FAB", "FGSM", "FMN", "Finding", "PGD",
            "PGDL1", "PassCounter", "ResultRow", "SparseRS", "Square", "ThreatModelViolation", "Transfer", "attack_names", "canonical_norm", "check_applicable",
            "check_eps", "clip_to_box", "create_attack", "get_attack_entry", "model_checks", "project",
            "register_attack", "register_resolver", "result_checks"]

@@ -19,6 +19,7 @@ from .eot import EOT, with_eot
 from .errors import AttackConfigError
 from .fab import FAB
 from .fgsm import FGSM
+from .fmn import FMN
 from .l1 import PGDL1
 from .pgd import PGD
 from .sparse import SparseRS
@@ -81,6 +82,9 @@ register_attack("apgd-t", APGDT, norms=("linf", "l2"),
                 description="APGD on the targeted DLR loss against the top-k other classes (Croce & Hein 2020)")
 register_attack("fab", FAB, norms=("linf", "l2"),
                 description="Fast adaptive boundary attack; targeted=True for FAB-T (Croce & Hein 2020)")
+register_attack("fmn", FMN, norms=("linf", "l2"),
+                description="Fast minimum-norm attack, its minimum projected onto the eps-ball (Pintor et al. 2021); "
+                            "also the --min-norm stage")
 register_attack("square", Square, norms=("linf", "l2"), white_box=False,
                 description="Square attack, score-based black box, our implementation with per-example "
                             "seeds (Andriushchenko et al. 2020)")

@@ -46,6 +46,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "apgd": {"steps": 10},
     "apgd-t": {"steps": 5, "n_target_classes": 3},
     "fab": {"steps": 10},
+    "fmn": {"steps": 10},
     "square": {"n_queries": 100},
     "square-package": {"n_queries": 100},
     "autoattack": {"steps": 5, "n_target_classes": 2, "square_queries": 50},
