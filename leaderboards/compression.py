@@ -136,7 +136,12 @@ def build_report(store, *, base: str | None = None, models: Sequence[str] | None
         base = candidates[0]
     if base not in latest:
         raise ValueError(f"no stored run of base model {base!r}")
-    base_stats = next((dict(_step_of(v[1]).get("base") or {}) for v in variants.values()), {})
+    # the base as each compression measured it; a field one measurement lacks (compiled latency) from another
+    base_stats: dict[str, Any] = {}
+    for v in variants.values():
+        for k, x in (_step_of(v[1]).get("base") or {}).items():
+            if base_stats.get(k) is None:
+                base_stats[k] = x
     rows, attack_cols, eps_cols = [], [], []
     for model in [base] + sorted(m for m in variants if m != base):
         run_id, info = latest[model]
@@ -297,9 +302,10 @@ def plot_report(report: CompressionReport, path: str | Path) -> Path:
         raise ValueError("no model has both a size and a worst-case accuracy to plot")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = {"base": "*", "prune": "o", "quantize": "s", "distill": "^"}
+    colors = {"base": "C0", "prune": "C1", "quantize": "C2", "distill": "C3"}
     for r, s, a in pts:
         ax.scatter(s / 1024, 100 * a, marker=markers.get(r.method, "o"), s=90 if r.method == "base" else 45,
-                   zorder=3, label=r.method)
+                   zorder=3, label=r.method, color=colors.get(r.method, "C4"))
         ax.annotate(r.model, (s / 1024, 100 * a), fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = sorted((s, a) for r, s, a in pts if r.model in report.pareto())
     if len(front) > 1:
