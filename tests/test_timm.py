@@ -224,3 +224,8 @@ def test_torchvision_vision_transformer_through_run_and_train(cli, tmp_path):
     assert r.code == 0, r
     blob = torch.load(tmp_path / "ft.pt", weights_only=True)
     assert blob["meta"]["recipe"]["finetune"] == "linear"
+
+
+def test_list_models_shows_timm(cli):
+    r = cli("list", "models")
+    assert r.code == 0 and "timm:NAME" in r.out and "float:PATH" in r.out

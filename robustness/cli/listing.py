@@ -38,6 +38,9 @@ def _listing(args: argparse.Namespace) -> int:
             print("  " + "  ".join(names[i:i + 6]))
         print("other sources:")
         print("  robustbench:NAME or robustbench:DATASET/THREAT/NAME   RobustBench model zoo (pip install 'robust-bench[zoo]')")
+        print("  timm:NAME[.TAG][:KEY=VALUE,...]   timm's registry (vit_*, deit_*, convnext_*, ...; HF cache or --weights;"
+              " timm.list_models() names them)")
+        print("  float:PATH   the float model inside a quantized checkpoint (robust-bench compress)")
         print("  path/to/file.py:factory [--weights CKPT --mean M --std S]   your own architecture")
         print("  path/to/model.pt   a robust-bench checkpoint, TorchScript or torch.export archive")
     elif args.what == "datasets":
