@@ -92,6 +92,11 @@ class _BatchProgress(attack_progress.Listener):
             self.ev.store.keep_step(self.run_id, self.label, self.batch, key, buf.getvalue())
 
 
+def _quantized(info: Any) -> bool:
+    steps = (info.extra or {}).get("compression") or []
+    return bool(steps) and isinstance(steps[-1], dict) and steps[-1].get("method") == "quantize"
+
+
 def _failure(model: str, b: int, n_batches: int, idx: np.ndarray, e: BaseException) -> str:
     first = (str(e).strip().splitlines() or [""])[0][:300]
     text = f"{type(e).__name__}: {first}" if first else type(e).__name__
@@ -129,7 +134,29 @@ class Evaluator:
         if self.adaptive is not None:
             from .adaptive import expand
             self.spec, self.attacks = expand(self.spec, prepared, self.adaptive, self.log) or (self.spec, self.attacks)
+        self._honest_quantized(prepared)
         return prepared
+
+    def _honest_quantized(self, prepared: Sequence[Prepared]) -> None:
+        """An int8 model's gradients pass straight through its twin; its worst case also needs the float
+        model's adversarial examples transferred (robustness/compression.py), added here as rows of their own."""
+        quantized = [p for p in prepared if _quantized(p.model.info)]
+        if not quantized or not self.spec.attacks:
+            return
+        if len(prepared) > 1:
+            raise UserError(f"evaluate the quantized model {quantized[0].label} on its own: its worst case adds "
+                            f"transfers from its own float model, which the other models do not share")
+        from .compression import QuantizedModel, honest_attacks
+        p = quantized[0]
+        module = p.model.module
+        while not isinstance(module, QuantizedModel) and isinstance(getattr(module, "model", None), torch.nn.Module):
+            module = module.model
+        more = honest_attacks(LoadedModel(module, p.model.info), list(self.spec.attacks))
+        have = {a.shown for a in self.spec.attacks}
+        added = tuple(a for a in more[len(self.spec.attacks):] if a.shown not in have)
+        if added:
+            self.log(f"{p.label} is int8: adding {', '.join(a.shown for a in added)} (transfers from its float model)")
+            self.spec, self.attacks = resolve_attacks(dataclasses.replace(self.spec, attacks=self.spec.attacks + added))
 
     def _batches(self, p: Prepared) -> list[np.ndarray]:
         assert self.batch_size is not None, "prepare() first"

@@ -41,3 +41,10 @@ def test_several_norms_need_an_eps_list_each(cli, tmp_path):
     res = cli("run", "--model", "digits-cnn", "--norm", "linf,l9", "--db", tmp_path / "r.db")
     assert res.code == 2 and "--norm" in res.err
     assert not (tmp_path / "r.db").exists()
+
+
+def test_repeated_attack_flags_add_up(cli, tmp_path):
+    res = cli("run", "--model", "digits-cnn", "--attack", "fgsm", "--attack", "pgd", "--eps", "0.1",
+              "--n-examples", "20", "--db", tmp_path / "r.db")
+    assert res.code == 0, res
+    assert "fgsm" in res.out and "pgd" in res.out and "worst-case" in res.out

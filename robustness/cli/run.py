@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--subset", default="random", choices=("random", "first"),
                    help="random: a seeded sample (default); first: the first N (RobustBench's protocol)")
     a = p.add_argument_group("threat model")
-    a.add_argument("--attack", default="fgsm,pgd", help="comma-separated attacks, each evaluated on its own "
-                                                         "(default: %(default)s; see `robust-bench list attacks`)")
+    a.add_argument("--attack", action="append", help="comma-separated attacks, each evaluated on its own; may be "
+                                                      "repeated (default: fgsm,pgd; see `robust-bench list attacks`)")
     a.add_argument("--norm", default="linf", help="perturbation norm: linf (default), l2, l1 or l0 (eps counts "
                                                   "pixels; attacks pgd-l1, sparse-rs); several, e.g. linf,l2, "
                                                   "evaluate each (its own rows and stored run) and the union")
@@ -145,7 +145,7 @@ def specs_from_args(args: argparse.Namespace) -> list["RunSpec"]:
     common = {"steps": args.steps, "restarts": args.restarts, "random_start": args.random_start, "loss": args.loss,
               "step_size": parse_number(args.step_size, "step size") if args.step_size else None}
     common.update(parse_kv(args.attack_args))
-    names = parse_list(args.attack)
+    names = parse_list(",".join(args.attack) if args.attack else "fgsm,pgd")
     if getattr(args, "bpda", None) is not None:   # for the bpda: attacks listed; --adaptive takes it too
         if any(n.startswith("bpda:") for n in names):
             common["bpda"] = args.bpda
