@@ -171,8 +171,8 @@ class Evaluator:
         facts["spec"].pop("device", None)
         facts["device"] = self.device.type
         if "frost" in self.spec.corruptions:   # a resume must not mix photographs and the procedural frost
-            from attacks.corruptions import frost_source
-            facts["frost_source"] = frost_source()
+            from attacks.corruptions import provenance
+            facts["frost_source"] = provenance("frost")["frost_source"]
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
     def run(self, store: ResultStore | None = None, prepared: Sequence[Prepared] | None = None) -> RunOutcome:
@@ -338,10 +338,11 @@ class Evaluator:
             for name in self.spec.corruptions:
                 for sev in self.spec.severities:
                     params: dict[str, Any] = {"severity": sev, "preset": self.spec.corruption_preset}
-                    if name == "frost" and p.corrupted is None:
-                        # the photographs or the procedural stand-in: the numbers differ, so say which
-                        from attacks.corruptions import frost_source
-                        params["frost_source"] = frost_source()
+                    if p.corrupted is None:
+                        # what else changes the numbers (frost: the photographs, by digest, or the
+                        # procedural stand-in, by version): stored with the result
+                        from attacks.corruptions import provenance
+                        params.update(provenance(name))
                     results.append(self.store.recompute(
                         run_id, p.label, corruption_label(name), float(sev), dataset=p.dataset_name,
                         norm="corruption", params=params))

@@ -317,3 +317,5 @@ def test_frost_results_say_which_frost_was_used(cli, tmp_path):
     assert res.code == 0, res
     (r,) = [r for r in json.loads(out.read_text())["results"] if r["attack"] == "corruption:frost"]
     assert r["params"]["frost_source"] == frost_source() in ("assets", "procedural")
+    # and which photographs (their digest) or which version of the procedural layer
+    assert ("frost_assets_sha256" in r["params"]) == (frost_source() == "assets")
