@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -40,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._core import AttackOutput, frozen
 from .errors import AttackConfigError
+from .wrapped import WrapsAttack, inner_record
 
 STEP_FUNCTIONS = {torch.round: "round", torch.Tensor.round: "round", torch.floor: "floor",
                   torch.Tensor.floor: "floor", torch.ceil: "ceil", torch.Tensor.ceil: "ceil",
@@ -228,7 +228,7 @@ def Removed(model: nn.Module, parts: Approximated) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class BPDA:
+class BPDA(WrapsAttack):
     """`attack` with the backward pass through `parts` approximated (see the module docstring)."""
     attack: Any
     parts: Any = "auto"
@@ -238,33 +238,10 @@ class BPDA:
         if not (isinstance(self.parts, str) and self.parts.strip().lower() == "auto"):
             _as_parts(self.parts)
 
-    @property
-    def name(self) -> str:
-        return f"bpda:{getattr(self.attack, 'name', type(self.attack).__name__)}"
-
-    @property
-    def norm(self) -> str:
-        return getattr(self.attack, "norm", "linf")
-
-    @property
-    def targeted(self) -> bool:
-        return bool(getattr(self.attack, "targeted", False))
-
-    @property
-    def chooses_targets(self) -> bool:
-        return bool(getattr(self.attack, "chooses_targets", False))
-
-    @property
-    def loss(self) -> Any:
-        return getattr(self.attack, "loss", None)
-
-    @property
-    def min_classes(self) -> int:
-        return int(getattr(self.attack, "min_classes", 2))
+    prefix = "bpda"
 
     def record(self) -> dict[str, Any]:
-        inner = self.attack.record() if hasattr(self.attack, "record") else (
-            dataclasses.asdict(self.attack) if dataclasses.is_dataclass(self.attack) else {})
+        inner = inner_record(self.attack)
         parts = self.parts if isinstance(self.parts, str) else sorted(_as_parts(self.parts))
         out = {**inner, "bpda": parts}
         if self._seen:

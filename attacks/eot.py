@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from ._core import AttackOutput, frozen
 from .errors import AttackConfigError
+from .wrapped import WrapsAttack, inner_record
 
 
 class EOTModel(nn.Module):
@@ -69,7 +70,7 @@ def _check_n(n: Any) -> int:
 
 
 @dataclass(frozen=True)
-class EOT:
+class EOT(WrapsAttack):
     """`attack` against the expected prediction of n forward passes (see the module docstring)."""
     attack: Any
     n: int = 20
@@ -81,34 +82,11 @@ class EOT:
         object.__setattr__(self, "attack", without_early_stop(self.attack))
 
     # what the engine and the sanity checks read from an attack object
-    @property
-    def name(self) -> str:
-        return f"eot:{getattr(self.attack, 'name', type(self.attack).__name__)}"
-
-    @property
-    def norm(self) -> str:
-        return getattr(self.attack, "norm", "linf")
-
-    @property
-    def targeted(self) -> bool:
-        return bool(getattr(self.attack, "targeted", False))
-
-    @property
-    def chooses_targets(self) -> bool:
-        return bool(getattr(self.attack, "chooses_targets", False))
-
-    @property
-    def loss(self) -> Any:
-        return getattr(self.attack, "loss", None)
-
-    @property
-    def min_classes(self) -> int:
-        return int(getattr(self.attack, "min_classes", 2))
+    prefix = "eot"
 
     def record(self) -> dict[str, Any]:
         """The settings stored with a result: the inner attack's, plus eot."""
-        inner = self.attack.record() if hasattr(self.attack, "record") else (
-            dataclasses.asdict(self.attack) if dataclasses.is_dataclass(self.attack) else {})
+        inner = inner_record(self.attack)
         return {**inner, "eot": self.n}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,

@@ -20,7 +20,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,6 +29,7 @@ from ._core import AttackOutput, frozen
 from .bpda import Removed, approximated
 from .eot import without_early_stop
 from .errors import AttackConfigError
+from .wrapped import inner_name, inner_record
 
 SELF = "self"
 
@@ -74,7 +74,7 @@ class Transfer:
 
     @property
     def name(self) -> str:
-        return f"transfer:{'+'.join(self.names)}:{getattr(self.attack, 'name', type(self.attack).__name__)}"
+        return f"transfer:{'+'.join(self.names)}:{inner_name(self.attack)}"
 
     @property
     def norm(self) -> str:
@@ -85,8 +85,7 @@ class Transfer:
 
     def record(self) -> dict[str, Any]:
         """What the stored result says: the inner attack's settings and each surrogate, name and digest."""
-        inner = self.attack.record() if hasattr(self.attack, "record") else (
-            dataclasses.asdict(self.attack) if dataclasses.is_dataclass(self.attack) else {})
+        inner = inner_record(self.attack)
         surrogates = []
         for name, sha, s in zip(self.names, self.weights_sha256, self.surrogates):
             row: dict[str, Any] = {"name": name, "weights_sha256": sha}
@@ -94,7 +93,7 @@ class Transfer:
                 row["weights_sha256"] = "the target's"
                 row["removed"] = [a.describe() for a in self._removed.values()][:1]
             surrogates.append(row)
-        return {"attack": getattr(self.attack, "name", type(self.attack).__name__), **inner,
+        return {"attack": inner_name(self.attack), **inner,
                 "surrogates": surrogates}
 
     def _ensemble(self, model: nn.Module, x: torch.Tensor) -> nn.Module:
