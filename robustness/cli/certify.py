@@ -6,7 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .options import parse_channels, parse_list, parse_number, positive_int
+from .options import add_model_options, parse_channels, parse_list, parse_number, positive_int
 
 if TYPE_CHECKING:
     from ..certify import CertifyOutcome, CertifySpec
@@ -54,13 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--attack-steps", type=positive_int, default=20, help="PGD steps (default: 20)")
     c.add_argument("--attack-samples", type=positive_int, default=16,
                    help="noise draws per step for the expected loss (default: 16)")
-    m = p.add_argument_group("model options")
-    m.add_argument("--weights", help="weights for the model (a state_dict checkpoint)")
-    m.add_argument("--mean", help="per-channel normalization mean the model expects")
-    m.add_argument("--std", help="per-channel normalization std")
-    m.add_argument("--num-classes", type=positive_int, help="classes, passed to a factory that takes num_classes")
-    m.add_argument("--unsafe-load", action="store_true",
-                   help="allow checkpoints that need full unpickling (can run code from the file)")
+    add_model_options(p)
     e = p.add_argument_group("engine and output")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     e.add_argument("--batch-size", type=_batch_size, default=1000,

@@ -81,3 +81,15 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
     return v
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options of a model given by name that every command loading one shares (run, certify, ...)."""
+    m = p.add_argument_group("model options")
+    m.add_argument("--weights", help="weights for the model (a state_dict checkpoint in a common layout; for "
+                                     "robustbench: the model directory)")
+    m.add_argument("--mean", help="per-channel normalization mean the model expects, e.g. 0.485,0.456,0.406")
+    m.add_argument("--std", help="per-channel normalization std, e.g. 0.229,0.224,0.225")
+    m.add_argument("--num-classes", type=positive_int, help="classes, passed to a factory that takes num_classes")
+    m.add_argument("--unsafe-load", action="store_true",
+                   help="allow checkpoints that need full unpickling (can run code from the file)")

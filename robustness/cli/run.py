@@ -6,7 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .options import parse_channels, parse_eps_list, parse_kv, parse_list, positive_int
+from .options import add_model_options, parse_channels, parse_eps_list, parse_kv, parse_list, positive_int
 
 if TYPE_CHECKING:  # torch-heavy modules load when the command runs, not when the CLI starts
     from leaderboards import ThreatResult
@@ -84,14 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--clean-data-dir", help="root of the clean test set (default: --data-dir)")
     c.add_argument("--baseline", help="mCE reference: alexnet (ImageNet-C's, the default on imagenet-sized "
                                       "images) or a stored run id evaluated on the same corruptions")
-    m = p.add_argument_group("model options")
-    m.add_argument("--weights", help="weights for the model (a state_dict checkpoint in a common layout; for "
-                                     "robustbench: the model directory)")
-    m.add_argument("--mean", help="per-channel normalization mean the model expects, e.g. 0.485,0.456,0.406")
-    m.add_argument("--std", help="per-channel normalization std, e.g. 0.229,0.224,0.225")
-    m.add_argument("--num-classes", type=positive_int, help="classes, passed to a factory that takes num_classes")
-    m.add_argument("--unsafe-load", action="store_true",
-                   help="allow checkpoints that need full unpickling (can run code from the file)")
+    add_model_options(p)
     e = p.add_argument_group("engine and output")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     e.add_argument("--batch-size", type=batch_size, default=256,
