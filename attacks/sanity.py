@@ -78,7 +78,9 @@ CODES = ("probability_outputs", "randomized_forward", "gradient_masking", "non_m
 PLAUSIBILITY_CODES = ("clean_near_chance", "robust_equals_clean", "clean_below_recorded")
 # found by `robust-bench certify` (robustness/certify.py), listed here so every stored code is in one list
 CERTIFY_CODES = ("empirical_below_certified",)
-CODES = CODES + PLAUSIBILITY_CODES + CERTIFY_CODES
+# read from the model's own record (robustness/preparation.py): a checkpoint `train` marked as failed
+RECORD_CODES = ("training_failed",)
+CODES = CODES + PLAUSIBILITY_CODES + CERTIFY_CODES + RECORD_CODES
 
 
 @dataclass(frozen=True)
@@ -445,6 +447,6 @@ def details_checks(details: Mapping[str, Any] | None, n: int, *, model: str | No
     return out
 
 
-__all__ = ["CODES", "Finding", "PLAUSIBILITY_CODES", "Recorded", "ResultRow", "as_row", "beyond_noise",
+__all__ = ["CODES", "Finding", "PLAUSIBILITY_CODES", "RECORD_CODES", "Recorded", "ResultRow", "as_row", "beyond_noise",
            "details_checks", "family", "model_checks", "plausibility_checks",
            "result_checks"]

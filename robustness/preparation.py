@@ -351,4 +351,19 @@ def probe(p: Prepared, attacks: Sequence[tuple[str, Any]], device: torch.device,
         except AttackError as e:
             raise UserError(f"attack {label} on model {p.label}: {e}") from None
     gradient_attacks = [label for label, _ in attacks if entry_of(label).white_box]
-    return model_checks(p.model.module, x, y, model_name=p.label, attacks=gradient_attacks or None)
+    return record_findings(p) + model_checks(p.model.module, x, y, model_name=p.label,
+                                             attacks=gradient_attacks or None)
+
+
+def record_findings(p: Prepared) -> list[Any]:
+    """What the model's own file says against it: a checkpoint `robust-bench train` wrote although the run
+    failed (`--allow-failed`, or kept for inspection) still evaluates, but every number of it says so."""
+    from attacks import Finding
+    failure = (p.model.info.extra or {}).get("training_failure")
+    if not isinstance(failure, dict):
+        return []
+    kind, epoch = failure.get("kind", "failed"), failure.get("epoch")
+    at = f" at epoch {epoch}" if epoch else ""
+    return [Finding("training_failed", f"the checkpoint is marked as a failed training run ({kind}{at}): "
+                    f"{failure.get('message', '')}; its numbers describe a model that did not train as asked",
+                    model=p.label)]

@@ -190,6 +190,14 @@ def test_a_run_that_stays_at_chance_exits_3_names_the_cause_and_marks_the_checkp
     from robustness.models import create_model
     info = create_model(str(ckpt)).info
     assert info.extra["training_failure"]["kind"] == "chance"
+    # and `run` says it with every evaluation of that checkpoint: printed and stored
+    out = tmp_path / "run.json"
+    r = cli("run", "--model", ckpt, "--dataset", "digits", "--attack", "fgsm", "--eps", "0.1", "--n-examples", "20",
+            "--db", tmp_path / "r.db", "--json", out)
+    assert r.code == 0, r
+    assert "WARNING [training_failed]" in r.out and "training stayed at chance" in r.out, r.out
+    found = [w for w in json.loads(out.read_text())["warnings"] if w["code"] == "training_failed"]
+    assert len(found) == 1 and "(chance at epoch" in found[0]["message"], found
     # accepted on request: exit 0, a warning, the same record in the checkpoint
     r = cli("train", *FAST, "--defense", "standard", "--lr", "0", "--epochs", "3", "--quiet", "--allow-failed",
             "--out", ckpt)
