@@ -47,8 +47,8 @@ from .models.sources import ModelOptions
 from .preparation import (Prepared, auto_batch_size, batches_of, loader, prepare, resolve_device,
                           to_device)
 from .provenance import environment
-from .runner import BatchFailed, _failure
-from .specs import RunSpec
+from .runner import BatchFailed, _failure, commit_round
+from .specs import RunSpec, check_sampling
 
 __all__ = ["CERTIFIED", "EMPIRICAL", "PREDICTED", "RADII", "CertifyOutcome", "CertifySpec", "Certifier", "certify",
            "certified_accuracy", "consistency_findings", "export_json", "smoothed_label"]
@@ -141,15 +141,7 @@ class CertifySpec:
                 raise UserError(f"{flag}: two radii print alike ({', '.join(f'{r:g}' for r in values)})")
         if self.predict is not True and self.predict is not False:
             raise UserError(f"predict must be true or false, got {self.predict!r}")
-        for name, value in (("n_examples", self.n_examples), ("seed", self.seed)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UserError(f"{name} must be a whole number, got {value!r}")
-        if self.n_examples is not None and self.n_examples < 1:
-            raise UserError(f"n_examples must be >= 1, got {self.n_examples}")
-        if self.subset not in ("random", "first"):
-            raise UserError(f"subset must be random or first, got {self.subset!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        check_sampling(self)
         return self
 
     def max_radius(self) -> float:
@@ -357,28 +349,10 @@ class Certifier:
                     payload = ("error", "refused", str(e))
                 except Exception as e:  # noqa: BLE001 - a model, data file or device failing mid-run
                     payload = ("error", "failed", _failure(p.label, b, len(batches), batches[b], e))
-            stop = None
-            for item in w.gather(payload) or ():
-                if item is None:
-                    continue
-                if item[0] == "error":
-                    stop = stop if stop and stop[0] == "refused" else item[1:]
-                    continue
-                b, res = item
+            n_done = commit_round(w, payload, lambda b, res: (
                 self.store.write_batch(run_id, p.label, b, res.outcomes, res.costs, certificates=res.certificates,
-                                       predictions=res.predictions)
-                n_done += 1
-                if bar is not None:
-                    bar.update(len(batches[b]))
-            stop = w.broadcast(stop) if w.active else stop
-            if stop:
-                if bar is not None:
-                    bar.close()
-                kind, message = stop
-                if kind == "refused":
-                    raise UserError(message)
-                raise BatchFailed(f"{message}; the {n_done} completed batches of {p.label} are kept: fix the "
-                                  f"cause and rerun the same command to resume")
+                                       predictions=res.predictions), bar is not None and bar.update(len(batches[b]))),
+                bar, p.label, n_done)
         if bar is not None:
             bar.close()
 

@@ -97,6 +97,31 @@ def _quantized(info: Any) -> bool:
     return bool(steps) and isinstance(steps[-1], dict) and steps[-1].get("method") == "quantize"
 
 
+def commit_round(world: Any, payload: Any, write: Callable[..., Any], bar: Any, label: str, n_done: int) -> int:
+    """Rank 0 commits what every rank computed in one round (`write(*payload)` for each, in rank order) and
+    returns the count of completed batches; the first error on any rank ends the run on all of them, a
+    refusal (bad input) as UserError before any failure, a failure as BatchFailed naming what is kept."""
+    stop = None
+    for item in world.gather(payload) or ():
+        if item is None:
+            continue
+        if item[0] == "error":
+            stop = stop if stop and stop[0] == "refused" else item[1:]
+            continue
+        write(*item)
+        n_done += 1
+    stop = world.broadcast(stop) if world.active else stop
+    if stop:
+        if bar is not None:
+            bar.close()
+        kind, message = stop
+        if kind == "refused":
+            raise UserError(message)
+        raise BatchFailed(f"{message}; the {n_done} completed batches of {label} are kept: fix the cause and "
+                          f"rerun the same command to resume")
+    return n_done
+
+
 def _failure(model: str, b: int, n_batches: int, idx: np.ndarray, e: BaseException) -> str:
     first = (str(e).strip().splitlines() or [""])[0][:300]
     text = f"{type(e).__name__}: {first}" if first else type(e).__name__
@@ -275,27 +300,9 @@ class Evaluator:
                                     f"model that takes only fixed batch sizes needs a --batch-size that divides the "
                                     f"number of examples)")
                     payload = ("error", "failed", message)
-            stop = None
-            for item in w.gather(payload) or ():
-                if item is None:
-                    continue
-                if item[0] == "error":
-                    stop = stop if stop and stop[0] == "refused" else item[1:]
-                    continue
-                b, outcomes, costs = item
-                self.store.write_batch(run_id, p.label, b, outcomes, costs)
-                n_done += 1
-                if bar is not None:
-                    bar.update(1)
-            stop = w.broadcast(stop) if w.active else stop
-            if stop:
-                if bar is not None:
-                    bar.close()
-                kind, message = stop
-                if kind == "refused":
-                    raise UserError(message)
-                raise BatchFailed(f"{message}; the {n_done} completed batches of {p.label} are kept: fix the "
-                                  f"cause and rerun the same command to resume")
+            n_done = commit_round(w, payload, lambda b, outcomes, costs: (
+                self.store.write_batch(run_id, p.label, b, outcomes, costs), bar is not None and bar.update(1)),
+                bar, p.label, n_done)
         if bar is not None:
             bar.close()
 

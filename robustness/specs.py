@@ -114,15 +114,7 @@ class RunSpec:
         if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                           or self.batch_size < 1):
             raise UserError(f"--batch-size must be a number >= 1 or auto, got {self.batch_size!r}")
-        for name, value in (("n_examples", self.n_examples), ("seed", self.seed)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UserError(f"{name} must be a whole number, got {value!r}")
-        if self.n_examples is not None and self.n_examples < 1:
-            raise UserError(f"n_examples must be >= 1, got {self.n_examples}")
-        if self.subset not in ("random", "first"):
-            raise UserError(f"subset must be random or first, got {self.subset!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        check_sampling(self)
         if self.eps is not None:
             if not self.eps:
                 raise UserError("--eps needs at least one value")
@@ -172,6 +164,19 @@ class RunSpec:
                 raise UserError(f"protocol {p.name} fixes {k} = {fixed[k]!r}; drop {k}={v!r} or use no protocol")
         merged = {**{k: v for k, v in overrides.items() if v is not None}, **fixed}
         return cls(**merged).check()
+
+
+def check_sampling(spec: Any) -> None:
+    """The checks every spec that samples examples shares (RunSpec, CertifySpec): which examples, seed, precision."""
+    for name, value in (("n_examples", spec.n_examples), ("seed", spec.seed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
+    if spec.n_examples is not None and spec.n_examples < 1:
+        raise UserError(f"n_examples must be >= 1, got {spec.n_examples}")
+    if spec.subset not in ("random", "first"):
+        raise UserError(f"subset must be random or first, got {spec.subset!r}")
+    if spec.precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"--precision must be fp32, bf16 or fp16, got {spec.precision!r}")
 
 
 def _normalized(v: Any) -> Any:
