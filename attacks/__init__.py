@@ -25,7 +25,8 @@ from .square import Square
 from .transfer import Transfer
 
 __all__ = ["NORMS", "APGD", "APGDT", "AttackConfigError", "AttackError", "AttackOutput", "AttackEntry",
-           "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "BPDA", "EOT", "FAB", "FGSM", "FMN", "Finding", "PGD",
-           "PGDL1", "PassCounter", "ResultRow", "SparseRS", "Square", "ThreatModelViolation", "Transfer", "attack_names", "canonical_norm", "check_applicable",
+           "AttackUnavailable", "AutoAttack", "AutoAttackPackage", "BPDA", "EOT", "FAB", "FGSM", "FMN",
+           "Finding", "PGD", "PGDL1", "PassCounter", "ResultRow", "SparseRS", "Square",
+           "ThreatModelViolation", "Transfer", "attack_names", "canonical_norm", "check_applicable",
            "check_eps", "clip_to_box", "create_attack", "get_attack_entry", "model_checks", "project",
            "register_attack", "register_resolver", "result_checks"]

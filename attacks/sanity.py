@@ -174,11 +174,11 @@ def _randomized(a: torch.Tensor, b: torch.Tensor, model_name: str | None) -> lis
 
 def _gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, model_name: str | None,
                attacks: Sequence[str] | None) -> list[Finding]:
+    # one forward pass per loss, not retain_graph: a compiled model's backward may free its buffers
     xr = x.detach().clone().requires_grad_(True)
-    logits = model(xr)
-    ce = F.cross_entropy(logits.double(), y, reduction="sum")
-    g_ce, = torch.autograd.grad(ce, xr, retain_graph=True)
-    g_m, = torch.autograd.grad(margin_loss(logits, y).sum(), xr)
+    g_ce, = torch.autograd.grad(F.cross_entropy(model(xr).double(), y, reduction="sum"), xr)
+    xr = x.detach().clone().requires_grad_(True)
+    g_m, = torch.autograd.grad(margin_loss(model(xr), y).sum(), xr)
     g_ce, g_m = g_ce.flatten(1), g_m.flatten(1)
     nan = ~torch.isfinite(g_ce).all(1) | ~torch.isfinite(g_m).all(1)
     l1 = g_m.abs().sum(1)

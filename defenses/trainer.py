@@ -435,7 +435,7 @@ class Trainer:
             x = x_all[i:min(m, i + self.config.eval_batch_size)].to(self.dist.device).float()
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            correct += int((model(x).argmax(1).cpu() == y_all[i:i + x.shape[0]].cpu()).sum())
+            correct += int(self._clean_correct(model, x, y_all[i:i + x.shape[0]].to(x.device)).sum())
         model.train(was)
         return correct / max(m, 1)
 

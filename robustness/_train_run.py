@@ -18,13 +18,12 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
+from .peft_run import DEFAULT_LR as _PEFT_LR, PEFT_FINETUNE
 from .training import TrainingFailed, TrainOutcome, TrainSpec, eps_label
 
 _DEFAULT_LR = {("sgd", "scratch"): 0.1, ("sgd", "linear"): 0.1, ("sgd", "full"): 0.01, ("sgd", "none"): 0.01,
                ("adamw", "scratch"): 1e-3, ("adamw", "linear"): 1e-3, ("adamw", "full"): 1e-4,
-               ("adamw", "none"): 1e-4}
-from .peft_run import DEFAULT_LR as _PEFT_LR, PEFT_FINETUNE  # noqa: E402 - lora / bitfit rates
-_DEFAULT_LR.update(_PEFT_LR)
+               ("adamw", "none"): 1e-4, **_PEFT_LR}   # lora / bitfit: robustness/peft_run.py
 _DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 # adversarial training from scratch of a network without batch norm: Adam(W) at 5e-3 without weight decay,
 # the MNIST setting of Wong et al. 2020 (SGD at 0.1 or 0.01 stays at chance on small-cnn at MNIST eps 0.3,

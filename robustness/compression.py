@@ -931,11 +931,18 @@ def _eval_dataset(name: str | None) -> str | None:
 
 # ---- evaluating a compressed model honestly ----
 
+def is_quantized(info: Any) -> bool:
+    """Whether a model's record says its last compression step quantized it: read from the record, not the
+    module's type, which evaluation wrappers (autocast, --compile) hide."""
+    steps = (getattr(info, "extra", None) or {}).get(META_COMPRESSION) or []
+    return bool(steps) and isinstance(steps[-1], dict) and steps[-1].get("method") == "quantize"
+
+
 def honest_attacks(model: LoadedModel, attacks: Sequence[Any]) -> list[Any]:
     """The attacks to run on `model`: for a quantized checkpoint, each gradient attack (on the straight-through
     twin) and its transfer from the float model, `transfer:float:PATH:ATTACK` with the same settings; other
     models: `attacks` as given."""
-    if not isinstance(model.module, QuantizedModel):
+    if not (isinstance(model.module, QuantizedModel) or is_quantized(model.info)):
         return list(attacks)
     from attacks import get_attack_entry
 

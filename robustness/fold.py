@@ -140,5 +140,5 @@ class CompiledOrEager(nn.Module):
             except Exception as e:  # noqa: BLE001 - whatever stops inductor, eager still works
                 first = (str(e).strip().splitlines() or [""])[0][:200]
                 self.fallback = f"{type(e).__name__}: {first}" if first else type(e).__name__
-        run = self.__dict__["_compiled"] or self.module
-        return run(x)
+        compiled = self.__dict__["_compiled"]   # not `or`: truth of a module may call its __len__
+        return (compiled if compiled is not None else self.module)(x)

@@ -92,11 +92,6 @@ class _BatchProgress(attack_progress.Listener):
             self.ev.store.keep_step(self.run_id, self.label, self.batch, key, buf.getvalue())
 
 
-def _quantized(info: Any) -> bool:
-    steps = (info.extra or {}).get("compression") or []
-    return bool(steps) and isinstance(steps[-1], dict) and steps[-1].get("method") == "quantize"
-
-
 def commit_round(world: Any, payload: Any, write: Callable[..., Any], bar: Any, label: str, n_done: int) -> int:
     """Rank 0 commits what every rank computed in one round (`write(*payload)` for each, in rank order) and
     returns the count of completed batches; the first error on any rank ends the run on all of them, a
@@ -165,18 +160,15 @@ class Evaluator:
     def _honest_quantized(self, prepared: Sequence[Prepared]) -> None:
         """An int8 model's gradients pass straight through its twin; its worst case also needs the float
         model's adversarial examples transferred (robustness/compression.py), added here as rows of their own."""
-        quantized = [p for p in prepared if _quantized(p.model.info)]
+        from .compression import honest_attacks, is_quantized
+        quantized = [p for p in prepared if is_quantized(p.model.info)]
         if not quantized or not self.spec.attacks:
             return
         if len(prepared) > 1:
             raise UserError(f"evaluate the quantized model {quantized[0].label} on its own: its worst case adds "
                             f"transfers from its own float model, which the other models do not share")
-        from .compression import QuantizedModel, honest_attacks
         p = quantized[0]
-        module = p.model.module
-        while not isinstance(module, QuantizedModel) and isinstance(getattr(module, "model", None), torch.nn.Module):
-            module = module.model
-        more = honest_attacks(LoadedModel(module, p.model.info), list(self.spec.attacks))
+        more = honest_attacks(p.model, list(self.spec.attacks))
         have = {a.shown for a in self.spec.attacks}
         added = tuple(a for a in more[len(self.spec.attacks):] if a.shown not in have)
         if added:

@@ -313,14 +313,17 @@ def test_compression_report_table_plot_and_site(cli, quantized, tmp_path):
     assert "<h2>Compression</h2>" in page and (tmp_path / "site" / "plots" / "compression.png").is_file()
 
 
-def test_plain_run_of_an_int8_checkpoint_adds_the_float_transfer(cli, quantized, tmp_path):
+@pytest.mark.parametrize("speedup", [(), ("--fold-bn",), ("--precision", "bf16"), ("--compile",)])
+def test_plain_run_of_an_int8_checkpoint_adds_the_float_transfer(cli, quantized, tmp_path, speedup):
     """`robust-bench run --model int8.pt` alone reports the honest worst case: the gradient attack on the
-    straight-through twin and its transfer from the float model, as evaluate_compressed does."""
+    straight-through twin and its transfer from the float model, as evaluate_compressed does; also when the
+    evaluation wraps or rewrites the module (--fold-bn, autocast)."""
     need(CIFAR_TEST)
     _, path = quantized
     out = tmp_path / "q.json"
     res = cli("run", "--model", str(path), "--dataset", str(CIFAR_TEST), "--attack", "pgd", "--eps", "2/255",
-              "--n-examples", "24", "--subset", "first", "--device", "cpu", "--db", tmp_path / "r.db", "--json", out)
+              "--n-examples", "24", "--subset", "first", "--device", "cpu", "--db", tmp_path / "r.db", "--json", out,
+              *speedup)
     assert res.code == 0, res
     import json
     rows = {r["attack"]: r for r in json.loads(out.read_text())["results"]}

@@ -4,6 +4,7 @@ change the function left alone."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -236,3 +237,20 @@ def test_compiled_model_matches_eager_forward_and_input_gradient():
     if wrapped.fallback is not None:
         pytest.skip(f"torch.compile does not work here: {wrapped.fallback}")
     assert wrapped.__dict__["_compiled"] is not None   # the comparisons above were of the compiled module
+
+
+@pytest.mark.slow
+def test_run_with_compile_gives_the_eager_numbers(cli, tmp_path):
+    """`run --compile` through the whole engine (model checks, cascade, re-check) on the built-in digits
+    model: it runs, and its per-example results equal the eager run's up to float rounding (1 in 100)."""
+    common = ("run", "--model", "digits-cnn", "--attack", "pgd", "--eps", "0.1", "--n-examples", "100",
+              "--device", "cpu", "--db", tmp_path / "r.db")
+    docs = []
+    for extra in ((), ("--compile",)):
+        out = tmp_path / f"run{len(extra)}.json"
+        r = cli(*common, "--json", out, *extra)
+        assert r.code == 0, r.err[-2000:]
+        docs.append(json.loads(out.read_text()))
+    rows = [next(r for r in d["results"] if r["attack"] == "pgd")["per_example"] for d in docs]
+    assert rows[0]["index"] == rows[1]["index"] and 0 < sum(rows[0]["correct"]) < 100
+    assert sum(a != b for a, b in zip(rows[0]["correct"], rows[1]["correct"])) <= 1
